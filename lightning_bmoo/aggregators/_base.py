@@ -1,0 +1,178 @@
+"""The aggregator interface: a Gramian of task gradients in, task weights out."""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+# Relative asymmetry allowed in a Gramian: partial Gramians summed over ranks or chunks
+# in float32 are symmetric only up to rounding.
+_SYMMETRY_RTOL = 1e-4
+
+
+def check_gramian(gramian: Tensor) -> Tensor:
+    """Validates a Gramian and returns it as a symmetric float64 CPU tensor.
+
+    Raises:
+        ValueError: if the input is not a square matrix, holds NaN/inf, has a negative
+            diagonal entry, or is not symmetric up to rounding.
+    """
+    if not isinstance(gramian, Tensor):
+        raise TypeError(f"The Gramian must be a torch.Tensor, got {type(gramian).__name__}.")
+    if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] == 0:
+        raise ValueError(
+            f"The Gramian must be a square T x T matrix with T >= 1, got shape "
+            f"{tuple(gramian.shape)}. Build it as G @ G.T from the T x n task gradients."
+        )
+    K = gramian.detach().to(device="cpu", dtype=torch.float64)
+    if not torch.isfinite(K).all():
+        raise ValueError(
+            "The Gramian holds NaN or inf entries: some task gradient is not finite. Drop "
+            "those tasks before aggregating (the bucket-MOO hook does this under "
+            "nonfinite='drop') or let the step be skipped (nonfinite='propagate')."
+        )
+    diag = K.diagonal()
+    if (diag < 0).any():
+        raise ValueError(
+            f"The Gramian has negative diagonal entries {diag.tolist()}: it is not positive "
+            "semi-definite, so it is not a Gramian G @ G.T."
+        )
+    scale = torch.sqrt(torch.outer(diag, diag))
+    if ((K - K.T).abs() > _SYMMETRY_RTOL * scale + 1e-300).any():
+        raise ValueError(
+            "The Gramian is not symmetric: K[i, j] != K[j, i] beyond rounding. Pass G @ G.T, "
+            "not G or a product of two different matrices."
+        )
+    return (K + K.T) / 2
+
+
+class Aggregator(ABC):
+    """Maps the Gramian ``K = G G^T`` of ``T`` task gradients to weights ``w`` (length ``T``).
+
+    The update is ``d = sum_i w_i g_i``. Calling an aggregator validates ``K`` (see
+    :func:`check_gramian`), solves in float64 on the CPU, and returns float64 CPU weights.
+
+    Conventions shared by every method:
+
+    * One task (``T == 1``) gives ``w = [1]``: the update is that task's gradient.
+    * A zero Gramian gives ``w = 1/T``: the update is zero whatever the weights.
+    * Weights are invariant under positive scaling of ``K``, so ``K`` is divided by its largest
+      diagonal entry before the method runs; solvers work on numbers of order one.
+    * Scale: ``mean`` gives the average gradient; every other method is normalised so that a
+      learning rate tuned for plain averaging stays sensible (each class says how).
+
+    Args of ``__call__``:
+        gramian: the ``T x T`` Gramian.
+        tasks: names of the ``T`` tasks (e.g. languages), used by stateful methods to keep
+            state per task across calls in which the set of tasks changes. Defaults to
+            ``range(T)``.
+        key: which state to use for stateful methods (one per bucket or parameter group).
+        generator: source of randomness for stochastic methods. Defaults to the
+            aggregator's own generator, seeded at construction. Never the global RNG.
+    """
+
+    name: ClassVar[str]
+    #: Whether the method keeps state across calls (see :meth:`state_dict`).
+    stateful: ClassVar[bool] = False
+    #: Whether the method draws random numbers (see ``generator``).
+    stochastic: ClassVar[bool] = False
+
+    def __call__(
+        self,
+        gramian: Tensor,
+        *,
+        tasks: Sequence[Hashable] | None = None,
+        key: Hashable = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        K = check_gramian(gramian)
+        T = K.shape[0]
+        if tasks is None:
+            tasks = tuple(range(T))
+        elif len(tasks) != T:
+            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
+        scale = K.diagonal().max()
+        if T == 1:
+            return torch.ones(1, dtype=torch.float64)
+        if scale == 0:
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        weights = self._weights(K / scale, tasks=tuple(tasks), key=key, generator=generator)
+        return weights.to(torch.float64)
+
+    @abstractmethod
+    def _weights(
+        self,
+        K: Tensor,
+        *,
+        tasks: tuple[Hashable, ...],
+        key: Hashable,
+        generator: torch.Generator | None,
+    ) -> Tensor:
+        """Returns the weights for a validated float64 Gramian with largest diagonal 1."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns the method's state (empty for stateless methods)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores a state returned by :meth:`state_dict`."""
+
+    def reset(self) -> None:
+        """Forgets all state (no-op for stateless methods)."""
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
+        return f"{type(self).__name__}({options})"
+
+    def _options(self) -> dict[str, Any]:
+        return {}
+
+
+class StatefulAggregator(Aggregator):
+    """An aggregator that keeps one state per ``key`` (bucket or parameter group).
+
+    Subclasses read and write ``self._state[key]``; its values must be built from tensors,
+    numbers, strings, tuples, lists and dicts so that ``torch.save`` can store them.
+    """
+
+    stateful: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self._state: dict[Hashable, Any] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Returns a deep copy of the per-key state."""
+        return {"state": copy.deepcopy(self._state)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Replaces the per-key state by a copy of ``state_dict["state"]``."""
+        if "state" not in state_dict:
+            raise KeyError(
+                f"{type(self).__name__}.load_state_dict expects a dict with key 'state', got "
+                f"keys {sorted(state_dict)}."
+            )
+        self._state = copy.deepcopy(state_dict["state"])
+
+    def reset(self) -> None:
+        """Forgets the state of every key."""
+        self._state = {}
+
+
+class StochasticMixin:
+    """Owns a seeded ``torch.Generator`` used when no generator is passed to a call."""
+
+    stochastic: ClassVar[bool] = True
+
+    def _init_generator(self, seed: int) -> None:
+        if not isinstance(seed, int):
+            raise TypeError(f"seed must be an int, got {seed!r}.")
+        self.seed = seed
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def _generator_or_own(self, generator: torch.Generator | None) -> torch.Generator:
+        return self._generator if generator is None else generator

@@ -1,0 +1,154 @@
+"""Properties that every registered aggregator must have, checked on seeded samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_bmoo.aggregators import available_aggregators, get_aggregator
+
+from .samplers import KINDS, gramian, sample_gradients
+
+NAMES = available_aggregators()
+SIZES = (1, 2, 3, 5, 8, 16)
+
+# Methods whose update never conflicts with any task (g_i . d >= 0), with the options and
+# task counts for which the theory says so.
+CONFLICT_AVERSE = {
+    "mgda": ({}, SIZES),
+    "upgrad": ({}, SIZES),
+    "cagrad": ({"c": 1.0}, SIZES),
+    "pcgrad": ({}, (1, 2)),
+}
+
+
+def weights(name, K, seed=0, **options):
+    """Weights from a fresh aggregator and a fresh generator seeded with ``seed``."""
+    aggregator = get_aggregator(name, **options)
+    return aggregator(K, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_not_conflicting(G, w):
+    d = w @ G
+    scale = G.norm(dim=1) * d.norm()
+    assert ((G @ d) >= -1e-7 * scale - 1e-12).all(), (G @ d, scale)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T", SIZES)
+def test_shape_dtype_and_finite(name, kind, T):
+    G = sample_gradients(kind, T)
+    w = weights(name, gramian(G))
+    assert w.shape == (T,)
+    assert w.dtype == torch.float64
+    assert torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["random", "conflicting", "extreme_scale"])
+@pytest.mark.parametrize("T", [2, 3, 5, 8])
+def test_permutation_equivariant(name, kind, T):
+    if get_aggregator(name).stochastic and T > 2:
+        pytest.skip("a random visiting order is only equivariant in distribution")
+    G = sample_gradients(kind, T, seed=1)
+    perm = torch.randperm(T, generator=torch.Generator().manual_seed(T))
+    w = weights(name, gramian(G))
+    w_perm = weights(name, gramian(G[perm]))
+    d, d_perm = w @ G, w_perm @ G[perm]
+    torch.testing.assert_close(d_perm, d, rtol=1e-6, atol=1e-9 * G.norm().item())
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["random", "conflicting", "rank_deficient"])
+@pytest.mark.parametrize("factor", [1e-8, 1e-3, 7.0, 1e8])
+def test_weights_invariant_under_positive_scaling(name, kind, factor):
+    K = gramian(sample_gradients(kind, 5, seed=2))
+    torch.testing.assert_close(weights(name, factor * K), weights(name, K), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(CONFLICT_AVERSE))
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_not_conflicting(name, kind, seed):
+    options, sizes = CONFLICT_AVERSE[name]
+    for T in sizes:
+        G = sample_gradients(kind, T, seed=seed)
+        assert_not_conflicting(G, weights(name, gramian(G), **options))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_single_task_is_its_gradient(name):
+    assert weights(name, torch.tensor([[4.0]])).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("T", [2, 4])
+def test_zero_gramian_gives_uniform_weights(name, T):
+    assert torch.equal(
+        weights(name, torch.zeros(T, T)), torch.full((T,), 1.0 / T, dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_zero_task_among_others_is_finite(name):
+    G = sample_gradients("random", 4)
+    G[2] = 0.0
+    assert torch.isfinite(weights(name, gramian(G))).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_deterministic(name):
+    K = gramian(sample_gradients("conflicting", 6))
+    assert torch.equal(weights(name, K, seed=3), weights(name, K, seed=3))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_float32_input_gives_float64_weights_close_to_float64_input(name):
+    K = gramian(sample_gradients("random", 4, seed=5))
+    torch.testing.assert_close(weights(name, K.float()), weights(name, K), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), "NaN or inf"),
+        (torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), "NaN or inf"),
+        (torch.ones(2, 3), "square"),
+        (torch.ones(3), "square"),
+        (torch.zeros(0, 0), "square"),
+        (torch.tensor([[1.0, 0.5], [-0.5, 1.0]]), "not symmetric"),
+        (torch.tensor([[-1.0, 0.0], [0.0, 1.0]]), "negative diagonal"),
+    ],
+)
+def test_bad_gramian_is_a_clear_error(name, bad, match):
+    with pytest.raises(ValueError, match=match):
+        get_aggregator(name)(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_number_of_task_names(name):
+    with pytest.raises(ValueError, match="task names"):
+        get_aggregator(name)(torch.eye(3), tasks=["en", "de"])
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if get_aggregator(n).stateful])
+def test_state_dict_round_trip_continues_identically(name):
+    Ks = [gramian(sample_gradients("conflicting", 4, seed=s)) for s in range(6)]
+    tasks = ["en", "de", "fr", "ru"]
+    a, b = get_aggregator(name), get_aggregator(name)
+    for K in Ks[:3]:
+        a(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(0))
+    b.load_state_dict(a.state_dict())
+    for K in Ks[3:]:
+        wa = a(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
+        wb = b(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
+        assert torch.equal(wa, wb)
+    a.reset()
+    fresh = get_aggregator(name)
+    gen = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    assert torch.equal(
+        a(Ks[0], tasks=tasks, key="bucket0", generator=gen()),
+        fresh(Ks[0], tasks=tasks, key="bucket0", generator=gen()),
+    )
