@@ -1,7 +1,16 @@
 """lightning_bmoo: bucket-level multi-objective optimisation for multilingual training."""
 
 from .aggregators import Aggregator, available_aggregators, get_aggregator
+from .data import LanguageBatchSampler, check_dataloader, collate_with_language
 
 __version__ = "0.1.0"
 
-__all__ = ["Aggregator", "__version__", "available_aggregators", "get_aggregator"]
+__all__ = [
+    "Aggregator",
+    "LanguageBatchSampler",
+    "__version__",
+    "available_aggregators",
+    "check_dataloader",
+    "collate_with_language",
+    "get_aggregator",
+]
