@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Hashable, Sequence
 from typing import Any, ClassVar
@@ -22,6 +23,16 @@ def check_gramian(gramian: Tensor) -> Tensor:
         ValueError: if the input is not a square matrix, holds NaN/inf, has a negative
             diagonal entry, or is not symmetric up to rounding.
     """
+    K, _, exact = _checked(gramian)
+    return K.clone() if exact else (K + K.T) / 2
+
+
+def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
+    """Validates ``gramian`` as :func:`check_gramian` does, without symmetrising it.
+
+    Returns the float64 CPU matrix (which may share memory with ``gramian``), its diagonal,
+    and whether it is exactly symmetric (then symmetrising would be a no-op).
+    """
     if not isinstance(gramian, Tensor):
         raise TypeError(f"The Gramian must be a torch.Tensor, got {type(gramian).__name__}.")
     if gramian.dim() != 2 or gramian.shape[0] != gramian.shape[1] or gramian.shape[0] == 0:
@@ -29,7 +40,29 @@ def check_gramian(gramian: Tensor) -> Tensor:
             f"The Gramian must be a square T x T matrix with T >= 1, got shape "
             f"{tuple(gramian.shape)}. Build it as G @ G.T from the T x n task gradients."
         )
-    K = gramian.detach().to(device="cpu", dtype=torch.float64)
+    # Aggregators run hundreds of times per step on tiny matrices, where each torch op costs
+    # microseconds: the common case is settled with two ops and one sync, and anything
+    # unusual falls through to the full check below, which alone raises.
+    K = gramian.detach() if gramian.requires_grad else gramian
+    if K.dtype != torch.float64 or K.device.type != "cpu":
+        K = K.to(device="cpu", dtype=torch.float64)
+    # max |K - K^T| is 0 only if K is exactly symmetric and finite (inf - inf is NaN); if
+    # it is finite, so is every entry.
+    asym = float(torch.dist(K, K.T, p=math.inf))
+    diag = K.diagonal().tolist()
+    low = min(diag)
+    if asym == 0.0 and low >= 0.0:
+        return K, diag, True
+    # sqrt(K_ii K_jj) >= min_i K_ii, so this passes only what the full check passes; the
+    # bound on low keeps K_ii K_jj clear of underflow, which the full check is subject to.
+    if asym <= _SYMMETRY_RTOL * (1.0 - 1e-9) * low and low > 1e-140:
+        return K, diag, False
+    _full_check(K)
+    return K, diag, False
+
+
+def _full_check(K: Tensor) -> None:
+    """Raises the error that describes what is wrong with the float64 CPU matrix ``K``."""
     if not torch.isfinite(K).all():
         raise ValueError(
             "The Gramian holds NaN or inf entries: some task gradient is not finite. Drop "
@@ -48,7 +81,6 @@ def check_gramian(gramian: Tensor) -> Tensor:
             "The Gramian is not symmetric: K[i, j] != K[j, i] beyond rounding. Pass G @ G.T, "
             "not G or a product of two different matrices."
         )
-    return (K + K.T) / 2
 
 
 class Aggregator(ABC):
@@ -90,19 +122,21 @@ class Aggregator(ABC):
         key: Hashable = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        K = check_gramian(gramian)
+        K, diag, exact = _checked(gramian)
         T = K.shape[0]
         if tasks is None:
             tasks = tuple(range(T))
         elif len(tasks) != T:
             raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
-        scale = K.diagonal().max()
         if T == 1:
             return torch.ones(1, dtype=torch.float64)
+        scale = max(diag)
         if scale == 0:
             return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        weights = self._weights(K / scale, tasks=tuple(tasks), key=key, generator=generator)
-        return weights.to(torch.float64)
+        # Symmetrising and scaling make a new tensor in both branches: methods may edit it.
+        K = K / scale if exact else (K + K.T) / (2.0 * scale)
+        weights = self._weights(K, tasks=tuple(tasks), key=key, generator=generator)
+        return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
 
     @abstractmethod
     def _weights(

@@ -35,7 +35,8 @@ class NashMTL(StatefulAggregator):
     solutions by about that relative amount.
 
     State: the solution ``alpha_i |g_i|`` per key and per task name, used to warm-start the
-    next call; tasks missing from a call keep their value, new tasks start at 1.
+    next call; tasks missing from a call keep their value, new tasks start at 1. The first
+    call for a key starts from the best multiple of the all-ones vector.
 
     Args:
         ridge: relative ridge added to the unit-diagonal Gramian (> 0).
@@ -83,7 +84,12 @@ class NashMTL(StatefulAggregator):
         inv = diag.rsqrt()
         Kt = K * torch.outer(inv, inv)
         Kt.diagonal().add_(self.ridge)
-        start = torch.tensor([state.get(t, 1.0) for t in tasks], dtype=torch.float64)
+        if state:
+            start = torch.tensor([state.get(t, 1.0) for t in tasks], dtype=torch.float64)
+        else:
+            # Cold: the best multiple of 1, minimising f(t 1) = t^2 1'K1 / 2 - T log t.
+            T = K.shape[0]
+            start = torch.full((T,), math.sqrt(T / float(Kt.sum())), dtype=torch.float64)
         alpha, self.last_iterations = _newton(Kt, start, self.max_iter, self.tol)
         state.update(zip(tasks, alpha.tolist(), strict=True))
         w = alpha * inv
@@ -99,18 +105,23 @@ def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, in
     boundary ``a = 0`` if that is longer: when ``K`` is near-singular ``a`` must grow by
     orders of magnitude, which the cautious step alone does in hundreds of iterations.
     Near it (``lambda < 1/4``) full steps converge quadratically.
+
+    The Newton system ``(K + diag(1/a^2)) p = K a - 1/a`` is solved as
+    ``(D K D + I) u = a * (K a) - 1`` with ``D = diag(a)`` and ``p = a * u``: better
+    conditioned, and fewer tensor ops per iteration (each costs microseconds at this size).
     """
+    eye = torch.eye(K.shape[0], dtype=torch.float64)
     prev = math.inf
     for it in range(1, max_iter + 1):
-        inv_a = 1.0 / a
-        grad = K @ a - inv_a
-        step = torch.linalg.solve(K + torch.diag(inv_a * inv_a), grad)
-        lam2 = float(grad @ step)
+        r = (a * (K @ a)).sub_(1.0)
+        u = torch.linalg.solve(torch.addcmul(eye, K, torch.outer(a, a)), r)
+        lam2 = float(r @ u)
         if lam2 >= 1 / 16:
-            to_boundary = 0.9 / max(float((step * inv_a).max()), 1e-300)
-            a = a - min(1.0, max(to_boundary, 1.0 / (1.0 + math.sqrt(lam2)))) * step
+            to_boundary = 0.9 / max(float(u.max()), 1e-300)
+            t = min(1.0, max(to_boundary, 1.0 / (1.0 + math.sqrt(lam2))))
         else:
-            a = a - step
+            t = 1.0
+        a = a.addcmul(a, u, value=-t)
         # Stop at the tolerance, or when Newton stops converging quadratically: then
         # rounding (a near-singular K) sets the floor.
         if lam2 < tol or (lam2 < 1e-6 and lam2 > 0.25 * prev):

@@ -1,0 +1,65 @@
+"""The DDP communication hook and its registration.
+
+No ``from __future__ import annotations`` here: DDP inspects the hook's ``bucket``
+annotation at registration and rejects a string.
+"""
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..aggregators import Aggregator
+from .state import BucketMOOState
+
+
+def bucket_moo_hook(
+    state: BucketMOOState, bucket: dist.GradBucket
+) -> torch.futures.Future[torch.Tensor]:
+    """DDP communication hook: replaces the bucket's all-reduce by a per-bucket MOO update."""
+    return state.on_bucket(bucket)
+
+
+def register_bucket_moo_hook(
+    ddp: DistributedDataParallel,
+    aggregator: "str | Aggregator" = "mgda",
+    *,
+    transport: str = "sharded",
+    granularity: str = "bucket",
+    slots_per_rank: int = 1,
+    nonfinite: str = "drop",
+    seed: int = 0,
+    aggregator_options: "dict[str, Any] | None" = None,
+) -> BucketMOOState:
+    """Registers the bucket-MOO hook on a DDP model and returns its state.
+
+    Before each microbatch's backward pass, declare its language::
+
+        state = register_bucket_moo_hook(ddp, "mgda", slots_per_rank=K)
+        for microbatch in step_batches:          # K microbatches per optimizer step
+            with state.slot(microbatch.language):
+                loss_fn(ddp(microbatch.x)).backward()
+        optimizer.step(); optimizer.zero_grad()
+
+    Do not wrap backward passes in ``ddp.no_sync()``: the hook must see every slot.
+    See :class:`BucketMOOState` for the arguments.
+    """
+    if not isinstance(ddp, DistributedDataParallel):
+        raise TypeError(
+            f"register_bucket_moo_hook needs a DistributedDataParallel model, got "
+            f"{type(ddp).__name__}."
+        )
+    state = BucketMOOState(
+        aggregator,
+        param_names={id(p): name for name, p in ddp.module.named_parameters()},
+        process_group=ddp.process_group,
+        transport=transport,
+        granularity=granularity,
+        slots_per_rank=slots_per_rank,
+        nonfinite=nonfinite,
+        seed=seed,
+        aggregator_options=aggregator_options,
+    )
+    ddp.register_comm_hook(state, bucket_moo_hook)
+    return state

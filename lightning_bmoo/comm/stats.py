@@ -1,0 +1,72 @@
+"""What the hook records about each step, for callbacks and benchmarks to read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class GroupStats:
+    """One MOO solve: a bucket, a parameter, or (granularity ``global``) the whole model.
+
+    Attributes:
+        key: the group's name (``"global"``, a parameter name, or ``"first..last"``
+            parameter names of a bucket).
+        numel: number of gradient elements in the group.
+        gramian: ``T x T`` float64 Gramian of the step's task rows in this group, in units of
+            raw microbatch gradients (the tasks are ``StepStats.tasks``).
+        active: which tasks took part in the solve (a task whose row is zero, or that was
+            dropped as non-finite, did not).
+        weights: the task weights applied (0 for inactive tasks); ``d = sum_t w_t row_t``.
+        param_names: the parameters of the group, in bucket order.
+    """
+
+    key: str
+    numel: int
+    gramian: Tensor
+    active: Tensor
+    weights: Tensor
+    param_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepStats:
+    """Everything the hook knows about one optimizer step.
+
+    Attributes:
+        step: index of the step (0-based, counted by the hook).
+        layout: language of every slot of the step, slot ``s`` being microbatch ``s % K`` of
+            rank ``s // K``.
+        tasks: the distinct languages of the step, sorted; rows/columns of every Gramian.
+        groups: one entry per solve, in bucket order. With granularity ``global`` these are the
+            per-bucket Gramians (with the global weights) and ``global_group`` holds the solve.
+        global_group: the whole-model solve (granularity ``global`` only).
+        bytes_sent: bytes this rank sent, per collective kind (ring algorithms assumed for
+            all-reduce and all-gather).
+        bytes_received: bytes this rank received, per collective kind.
+        collectives: number of collectives issued, per kind.
+        hook_seconds: wall time spent inside the hook and its completion callbacks.
+        dropped: languages dropped from some group for non-finite gradients.
+    """
+
+    step: int
+    layout: list[str]
+    tasks: list[str]
+    groups: list[GroupStats] = field(default_factory=list)
+    global_group: GroupStats | None = None
+    bytes_sent: dict[str, int] = field(default_factory=dict)
+    bytes_received: dict[str, int] = field(default_factory=dict)
+    collectives: dict[str, int] = field(default_factory=dict)
+    hook_seconds: float = 0.0
+    dropped: set[str] = field(default_factory=set)
+
+    def total_gramian(self) -> Tensor:
+        """Sum of the groups' Gramians: the whole-model Gramian of the task gradients."""
+        T = len(self.tasks)
+        total = torch.zeros(T, T, dtype=torch.float64)
+        for group in self.groups:
+            total += torch.nan_to_num(group.gramian, nan=0.0, posinf=0.0, neginf=0.0)
+        return total

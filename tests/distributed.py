@@ -1,0 +1,81 @@
+"""Runs a function on several gloo ranks in forked processes and collects the results."""
+
+from __future__ import annotations
+
+import gc
+import os
+import socket
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch._dynamo  # DDP imports it lazily: seconds per forked rank otherwise)
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        result: Any = fn(rank, world_size, *args)
+    except BaseException as error:  # reported to the parent, which raises it
+        result = RemoteError(
+            f"rank {rank}: {type(error).__name__}: {error}\n" + traceback.format_exc()
+        )
+    torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    gc.collect()
+    if not isinstance(result, RemoteError):
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+class RemoteError(Exception):
+    """An exception raised on one of the ranks."""
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any) -> list[Any]:
+    """Runs ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; returns the results.
+
+    Raises:
+        RemoteError: with the rank's traceback, when ``fn`` raised on some rank.
+    """
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(
+            _worker,
+            args=(fn, world_size, free_port(), out_dir, args),
+            nprocs=world_size,
+            start_method="fork",
+        )
+        results = [
+            torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
+            for r in range(world_size)
+        ]
+    for result in results:
+        if isinstance(result, RemoteError):
+            raise result
+    return results
+
+
+def expect_remote_errors(fn: Callable, world_size: int, *args: Any) -> list[Any]:
+    """Like :func:`run_distributed` but returns per-rank results, errors included."""
+    with tempfile.TemporaryDirectory() as out_dir:
+        mp.start_processes(
+            _worker,
+            args=(fn, world_size, free_port(), out_dir, args),
+            nprocs=world_size,
+            start_method="fork",
+        )
+        return [
+            torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
+            for r in range(world_size)
+        ]
