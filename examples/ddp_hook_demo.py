@@ -47,8 +47,9 @@ def batch(language: str, step: int, slot: int) -> tuple[torch.Tensor, torch.Tens
 
 def make_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
-                         nn.Linear(64, 4))
+    return nn.Sequential(
+        nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 4)
+    )
 
 
 def train(rank: int, aggregator: str | None, steps: int) -> dict:
@@ -79,20 +80,26 @@ def train(rank: int, aggregator: str | None, steps: int) -> dict:
             cosines.append(float((cos.sum() - T) / (T * (T - 1))))
             sent.append(sum(state.last_step.bytes_sent.values()))
     with torch.no_grad():
-        losses = {lang: float(((ddp.module(x) - y) ** 2).mean())
-                  for lang in LANGUAGES for x, y in [batch(lang, 10**6, 0)]}
+        losses = {
+            lang: float(((ddp.module(x) - y) ** 2).mean())
+            for lang in LANGUAGES
+            for x, y in [batch(lang, 10**6, 0)]
+        }
     del ddp
-    return {"losses": losses,
-            "cosine": sum(cosines) / len(cosines) if cosines else float("nan"),
-            "bytes": sum(sent) / len(sent) if sent else float("nan")}
+    return {
+        "losses": losses,
+        "cosine": sum(cosines) / len(cosines) if cosines else float("nan"),
+        "bytes": sum(sent) / len(sent) if sent else float("nan"),
+    }
 
 
 def worker(rank: int, port: int, aggregators: list[str], steps: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    results = {name: train(rank, None if name == "ddp" else name, steps)
-               for name in ["ddp", *aggregators]}
+    results = {
+        name: train(rank, None if name == "ddp" else name, steps) for name in ["ddp", *aggregators]
+    }
     if rank == 0:
         torch.save(results, out)
     dist.barrier()
@@ -109,19 +116,28 @@ def main() -> None:
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "results.pt")
-        mp.start_processes(worker, args=(port, args.aggregators, args.steps, out),
-                           nprocs=WORLD_SIZE, start_method="fork")
+        mp.start_processes(
+            worker,
+            args=(port, args.aggregators, args.steps, out),
+            nprocs=WORLD_SIZE,
+            start_method="fork",
+        )
         results = torch.load(out)
     header = ["update", *LANGUAGES, "worst", "mean cos", "bytes/step"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for name, r in results.items():
         losses = [r["losses"][lang] for lang in LANGUAGES]
-        cells = [f"{v:.3f}" for v in losses] + [f"{max(losses):.3f}", f"{r['cosine']:.2f}",
-                                                 f"{r['bytes']:.0f}"]
+        cells = [f"{v:.3f}" for v in losses] + [
+            f"{max(losses):.3f}",
+            f"{r['cosine']:.2f}",
+            f"{r['bytes']:.0f}",
+        ]
         print(f"| {'plain DDP' if name == 'ddp' else name} | " + " | ".join(cells) + " |")
-    print(f"\nFinal training loss per language after {args.steps} steps on {WORLD_SIZE} gloo "
-          f"ranks x {SLOTS_PER_RANK} slots (lower is better).")
+    print(
+        f"\nFinal training loss per language after {args.steps} steps on {WORLD_SIZE} gloo "
+        f"ranks x {SLOTS_PER_RANK} slots (lower is better)."
+    )
 
 
 if __name__ == "__main__":
