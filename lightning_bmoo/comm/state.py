@@ -42,13 +42,13 @@ class _Segment:
 class _Job:
     """One bucket of the last slot, from exchange to combined result."""
 
-    __slots__ = ("exchange", "future", "gramians", "like", "numel", "segments")
+    __slots__ = ("bucket", "exchange", "future", "gramians", "numel", "segments")
 
-    def __init__(self, exchange: Exchange, segments: list[_Segment], like: Tensor) -> None:
+    def __init__(self, exchange: Exchange, segments: list[_Segment], bucket: Tensor) -> None:
         self.exchange: Exchange | None = exchange
         self.segments = segments
-        self.like = like
-        self.numel = like.numel()
+        self.bucket = bucket
+        self.numel = bucket.numel()
         self.gramians: Tensor | None = None  # (segments, T, T), summed over ranks
         self.future: Future = Future()
 
@@ -211,12 +211,15 @@ class BucketMOOState:
         else:
             if self._layout is None:
                 self._begin_last_slot()
+            # Bucket b - 1 is finished before bucket b's exchange starts: its small all-reduce
+            # then queues behind fewer large transfers, and bucket b's exchange overlaps with
+            # the backward pass until the next call. Global MOO solves at the last bucket.
+            self._drain(final=False)
             rows = self._local_rows(params, buffer)
             job = _Job(self.transport.exchange(rows, self._counter), self._segments(params), buffer)
             self._pending.append(job)
-            # Bucket b is processed while bucket b + 1's exchange is in flight, so that the
-            # backward pass overlaps with communication; global MOO waits for the last bucket.
-            self._drain(final=bucket.is_last())
+            if bucket.is_last():
+                self._drain(final=True)
             future = job.future
         self._seconds += time.perf_counter() - start
         if bucket.is_last():
@@ -225,15 +228,16 @@ class BucketMOOState:
 
     def _stash(self, params: list[Tensor], buffer: Tensor) -> None:
         copy = buffer.clone()
+        self._counter.allocate(copy.numel() * copy.element_size())
         self._stash_rows.setdefault(tuple(map(id, params)), []).append(copy)
         offset = 0
         for p in params:
             self._stash_params.setdefault(id(p), []).append(copy[offset : offset + p.numel()])
             offset += p.numel()
 
-    def _local_rows(self, params: list[Tensor], buffer: Tensor) -> Tensor:
+    def _local_rows(self, params: list[Tensor], buffer: Tensor) -> list[Tensor]:
         if self.slots_per_rank == 1:
-            return buffer.view(1, -1)
+            return [buffer]
         earlier = self._stash_rows.get(tuple(map(id, params)))
         if earlier is None or len(earlier) != self.slots_per_rank - 1:
             # DDP rebuilt its buckets between slots (after the first iteration): reassemble
@@ -242,7 +246,7 @@ class BucketMOOState:
                 torch.cat([self._stash_params[id(p)][k] for p in params])
                 for k in range(self.slots_per_rank - 1)
             ]
-        return torch.stack([*earlier, buffer])
+        return [*earlier, buffer]
 
     def _name(self, p: Tensor) -> str:
         return self.param_names.get(id(p), f"param@{id(p):x}")
@@ -289,8 +293,8 @@ class BucketMOOState:
         return out
 
     def _drain(self, final: bool) -> None:
-        ready = self._pending if final else self._pending[:-1]
-        fresh = [job for job in ready if job.gramians is None]
+        """Solves and finishes the pending buckets (global MOO: only at the final one)."""
+        fresh = [job for job in self._pending if job.gramians is None]
         if fresh:
             partials = [self._partial_gramians(job) for job in fresh]
             # One all-reduce for every bucket drained now: fewer, larger collectives.
@@ -306,10 +310,10 @@ class BucketMOOState:
             if final:
                 self._finish_global()
             return
-        for job in ready:
+        for job in self._pending:
             weights = [self._solve(gram, seg) for gram, seg in zip(job.gramians, job.segments)]
             self._finish(job, weights)
-        self._pending = [] if final else self._pending[-1:]
+        self._pending = []
 
     def _finish_global(self) -> None:
         assert self._stats is not None
@@ -381,6 +385,7 @@ class BucketMOOState:
         exchange, job.exchange = job.exchange, None
         rows = exchange.rows()
         lo, hi = exchange.lo, exchange.hi
+        self._counter.release(exchange.nbytes)
         # Slot weights: task weight spread over the task's slots, times K so that the update
         # is a combination of raw microbatch gradients (Lightning divides the loss by K).
         to_slots = self._layout.averaging.T * float(self.slots_per_rank)
@@ -393,7 +398,7 @@ class BucketMOOState:
                 if b > a:
                     combine_rows(rows[:, a:b], v, out[a:b])
 
-        result = self.transport.finish(combined, job.numel, job.like, self._counter)
+        result = self.transport.finish(combined, job.bucket, self._counter)
         target = job.future
 
         def deliver(done: Future) -> None:
@@ -416,6 +421,7 @@ class BucketMOOState:
         stats.bytes_received = dict(self._counter.received)
         stats.collectives = dict(self._counter.collectives)
         stats.hook_seconds = self._seconds
+        stats.peak_extra_bytes = self._counter.peak
         self.last_step = stats
         self.step += 1
         self._reset_step()

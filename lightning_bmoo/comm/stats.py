@@ -48,7 +48,9 @@ class StepStats:
             all-reduce and all-gather).
         bytes_received: bytes this rank received, per collective kind.
         collectives: number of collectives issued, per kind.
-        hook_seconds: wall time spent inside the hook and its completion callbacks.
+        hook_seconds: wall time spent inside the hook.
+        peak_extra_bytes: most bytes of gradient-sized buffers the hook held at once beyond
+            DDP's own buckets (exchange buffers, slot stash, padded shards).
         dropped: languages dropped from some group for non-finite gradients.
     """
 
@@ -61,6 +63,7 @@ class StepStats:
     bytes_received: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, int] = field(default_factory=dict)
     hook_seconds: float = 0.0
+    peak_extra_bytes: int = 0
     dropped: set[str] = field(default_factory=set)
 
     def total_gramian(self) -> Tensor:

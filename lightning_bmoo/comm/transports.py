@@ -21,18 +21,29 @@ from torch.futures import Future
 class CommCounter:
     """Bytes sent and received and collectives issued, per collective kind."""
 
-    __slots__ = ("collectives", "received", "sent")
+    __slots__ = ("collectives", "live", "peak", "received", "sent")
 
     def __init__(self) -> None:
         self.sent: Counter[str] = Counter()
         self.received: Counter[str] = Counter()
         self.collectives: Counter[str] = Counter()
+        self.live = 0
+        self.peak = 0
 
     def add(self, kind: str, sent: int, received: int) -> None:
         """Records one collective."""
         self.sent[kind] += sent
         self.received[kind] += received
         self.collectives[kind] += 1
+
+    def allocate(self, nbytes: int) -> None:
+        """Records that the hook allocated a gradient-sized buffer of ``nbytes``."""
+        self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def release(self, nbytes: int) -> None:
+        """Records that such a buffer was dropped."""
+        self.live -= nbytes
 
 
 def _completed(value: Tensor) -> Future:
@@ -42,12 +53,17 @@ def _completed(value: Tensor) -> Future:
 
 
 class Exchange:
-    """Rows of every slot over ``[lo, hi)`` of a bucket, possibly still in flight."""
+    """Rows of every slot over ``[lo, hi)`` of a bucket, possibly still in flight.
 
-    __slots__ = ("_rows", "_work", "hi", "lo")
+    ``nbytes`` is what the exchange allocated (released when the state drops it).
+    """
 
-    def __init__(self, rows: Tensor, lo: int, hi: int, work: dist.Work | None) -> None:
-        self._rows, self.lo, self.hi, self._work = rows, lo, hi, work
+    __slots__ = ("_rows", "_work", "hi", "lo", "nbytes")
+
+    def __init__(
+        self, rows: Tensor, lo: int, hi: int, work: dist.Work | None, nbytes: int = 0
+    ) -> None:
+        self._rows, self.lo, self.hi, self._work, self.nbytes = rows, lo, hi, work, nbytes
 
     def rows(self) -> Tensor:
         """Waits for the exchange and returns the ``WK x (hi - lo)`` rows."""
@@ -66,8 +82,17 @@ class Transport(ABC):
         self.group, self.rank, self.world_size = group, rank, world_size
 
     @abstractmethod
-    def exchange(self, local: Tensor, counter: CommCounter) -> Exchange:
-        """Starts moving this rank's ``K x n`` slot rows; returns the pending exchange."""
+    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
+        """Starts moving this rank's ``K`` slot rows (1-D, ``n`` each); returns the exchange."""
+
+    @staticmethod
+    def _local(slots: list[Tensor], counter: CommCounter) -> Exchange:
+        if len(slots) == 1:
+            return Exchange(slots[0].view(1, -1), 0, slots[0].numel(), None)
+        rows = torch.stack(slots)
+        nbytes = rows.numel() * rows.element_size()
+        counter.allocate(nbytes)
+        return Exchange(rows, 0, rows.shape[1], None, nbytes)
 
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         """Sums ``partial`` (any shape, float64) over ranks."""
@@ -75,12 +100,14 @@ class Transport(ABC):
 
     @abstractmethod
     def finish(
-        self, combined: Callable[[Tensor], None], numel: int, like: Tensor, counter: CommCounter
+        self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
     ) -> Future:
-        """Returns a future of the full combined bucket (``numel`` elements).
+        """Returns a future of the full combined bucket.
 
         ``combined(out)`` writes this rank's combined range (``exchange``'s ``[lo, hi)``)
-        into ``out``.
+        into ``out``. ``bucket`` is DDP's bucket buffer: once exchanged, its content is no
+        longer needed, so the result is written into it where possible, which spares a
+        bucket-sized allocation per bucket in flight.
         """
 
 
@@ -93,20 +120,26 @@ class GatherTransport(Transport):
 
     name = "gather"
 
-    def exchange(self, local: Tensor, counter: CommCounter) -> Exchange:
-        K, n = local.shape
+    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
         if self.world_size == 1:
-            return Exchange(local, 0, n, None)
-        out = torch.empty(self.world_size * K * n, dtype=local.dtype, device=local.device)
-        work = dist.all_gather_single(out, local.reshape(-1), group=self.group, async_op=True)
-        nbytes = (self.world_size - 1) * K * n * local.element_size()
-        counter.add("all_gather", nbytes, nbytes)
-        return Exchange(out.view(self.world_size * K, n), 0, n, work)
+            return self._local(slots, counter)
+        K, n, like = len(slots), slots[0].numel(), slots[0]
+        send = slots[0] if K == 1 else torch.cat(slots)
+        out = torch.empty(self.world_size * K * n, dtype=like.dtype, device=like.device)
+        work = dist.all_gather_single(out, send, group=self.group, async_op=True)
+        size = like.element_size()
+        counter.add(
+            "all_gather", (self.world_size - 1) * K * n * size, (self.world_size - 1) * K * n * size
+        )
+        allocated = (out.numel() + (send.numel() if K > 1 else 0)) * size
+        counter.allocate(allocated)
+        return Exchange(out.view(self.world_size * K, n), 0, n, work, allocated)
 
     def finish(
-        self, combined: Callable[[Tensor], None], numel: int, like: Tensor, counter: CommCounter
+        self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
     ) -> Future:
-        out = torch.empty(numel, dtype=like.dtype, device=like.device)
+        # With one rank the rows are views of the bucket itself: combine into a copy.
+        out = torch.empty_like(bucket) if self.world_size == 1 else bucket
         combined(out)
         return _completed(out)
 
@@ -126,21 +159,21 @@ class ShardedTransport(Transport):
         sizes = [max(0, min(chunk, n - j * chunk)) for j in range(self.world_size)]
         return chunk, sizes
 
-    def exchange(self, local: Tensor, counter: CommCounter) -> Exchange:
-        K, n = local.shape
+    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
         if self.world_size == 1:
-            return Exchange(local, 0, n, None)
+            return self._local(slots, counter)
+        K, n, like = len(slots), slots[0].numel(), slots[0]
         chunk, sizes = self._bounds(n)
         lo = min(n, self.rank * chunk)
         m = sizes[self.rank]
-        # all_to_all sends contiguous pieces per destination: shard-major order.
+        # all_to_all sends one contiguous piece per destination: shard-major order.
         if K == 1:
-            send = local.reshape(-1)
+            send = slots[0]
         else:
             send = torch.cat(
-                [local[:, j * chunk : j * chunk + s].reshape(-1) for j, s in enumerate(sizes)]
+                [row[j * chunk : j * chunk + s] for j, s in enumerate(sizes) for row in slots]
             )
-        out = torch.empty(self.world_size * K * m, dtype=local.dtype, device=local.device)
+        out = torch.empty(self.world_size * K * m, dtype=like.dtype, device=like.device)
         work = dist.all_to_all_single(
             out,
             send,
@@ -149,9 +182,11 @@ class ShardedTransport(Transport):
             group=self.group,
             async_op=True,
         )
-        size = local.element_size()
+        size = like.element_size()
         counter.add("all_to_all", (K * n - K * m) * size, (self.world_size - 1) * K * m * size)
-        return Exchange(out.view(self.world_size * K, m), lo, lo + m, work)
+        allocated = (out.numel() + (send.numel() if K > 1 else 0)) * size
+        counter.allocate(allocated)
+        return Exchange(out.view(self.world_size * K, m), lo, lo + m, work, allocated)
 
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         if self.world_size == 1:
@@ -162,20 +197,38 @@ class ShardedTransport(Transport):
         return partial
 
     def finish(
-        self, combined: Callable[[Tensor], None], numel: int, like: Tensor, counter: CommCounter
+        self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
     ) -> Future:
+        numel = bucket.numel()
         if self.world_size == 1:
-            out = torch.empty(numel, dtype=like.dtype, device=like.device)
+            out = torch.empty_like(bucket)
             combined(out)
             return _completed(out)
         chunk, sizes = self._bounds(numel)
-        mine = torch.zeros(chunk, dtype=like.dtype, device=like.device)
-        combined(mine[: sizes[self.rank]])
-        out = torch.empty(self.world_size * chunk, dtype=like.dtype, device=like.device)
+        if self.world_size * chunk == numel:
+            # In place, as NCCL defines it for all-gather: this rank's shard already sits at
+            # its offset in the output. Spares a shard and a bucket per bucket in flight.
+            out = bucket
+            mine = bucket[self.rank * chunk : (self.rank + 1) * chunk]
+            combined(mine)
+        else:
+            mine = torch.empty(chunk, dtype=bucket.dtype, device=bucket.device)
+            mine[sizes[self.rank] :].zero_()
+            combined(mine[: sizes[self.rank]])
+            out = torch.empty(self.world_size * chunk, dtype=bucket.dtype, device=bucket.device)
         work = dist.all_gather_single(out, mine, group=self.group, async_op=True)
-        nbytes = (self.world_size - 1) * chunk * like.element_size()
-        counter.add("all_gather", nbytes, nbytes)
-        return work.get_future().then(lambda _: out[:numel])
+        size = bucket.element_size()
+        counter.add(
+            "all_gather", (self.world_size - 1) * chunk * size, (self.world_size - 1) * chunk * size
+        )
+        allocated = 0 if out is bucket else (out.numel() + mine.numel()) * size
+        counter.allocate(allocated)
+
+        def done(_: Future) -> Tensor:
+            counter.release(allocated)
+            return out[:numel]
+
+        return work.get_future().then(done)
 
 
 TRANSPORTS: dict[str, type[Transport]] = {"sharded": ShardedTransport, "gather": GatherTransport}
