@@ -67,36 +67,57 @@ class GradVac(StochasticMixin, StatefulAggregator):
         orders = visiting_orders(T, self._generator_or_own(generator))
         targets: dict[tuple[Hashable, Hashable], float] = self._state.setdefault(key, {})
         beta = self.beta
-        # T^2 scalar steps: Python floats beat tiny tensor ops by orders of magnitude here.
+        keep = 1.0 - beta
+        # T^2 scalar steps: Python floats beat tiny tensor ops by orders of magnitude here, and
+        # in this loop every lookup and builtin call shows, hence the hand-inlined clamps.
         Kl = K.tolist()
         norms = [math.sqrt(Kl[j][j]) for j in range(T)]
+        has_zero = 0.0 in norms
         weights = [0.0] * T
         for i, order in enumerate(orders):
             weights[i] += 1.0
             Ki = Kl[i]
+            name_i = tasks[i]
             sq_norm_i = Ki[i]  # |g_i^PC|^2, kept up to date as corrections are added
+            norm_i = norms[i]
+            min_sq_norm = _MIN_RELATIVE_SQ_NORM * sq_norm_i
             # Corrections so far as (coefficient, task); g_i^PC . g_j is evaluated lazily from
             # them, which is cheaper than updating all T dot products per correction.
             steps: list[tuple[float, int]] = []
             for j in order:
-                Kj = Kl[j]
-                if sq_norm_i <= _MIN_RELATIVE_SQ_NORM * Ki[i] or norms[j] == 0.0:
+                if sq_norm_i <= min_sq_norm:
+                    # Zeroed by Eq. 3 (or a zero g_i): no pair of this task has a cosine left.
+                    break
+                norm_j = norms[j]
+                if has_zero and norm_j == 0.0:
                     continue
-                norm_ij = math.sqrt(sq_norm_i) * norms[j]
+                Kj = Kl[j]
+                norm_ij = norm_i * norm_j
                 dot = Ki[j]
                 for coef, k in steps:
                     dot += coef * Kj[k]
-                phi = min(max(dot / norm_ij, -1.0), 1.0)
-                pair = (tasks[i], tasks[j])
+                phi = dot / norm_ij
+                if phi < -1.0:
+                    phi = -1.0
+                elif phi > 1.0:
+                    phi = 1.0
+                pair = (name_i, tasks[j])
                 phi_hat = targets.get(pair, 0.0)
-                target = min(max(phi_hat, -_MAX_TARGET), _MAX_TARGET)
+                if phi_hat > _MAX_TARGET:
+                    target = _MAX_TARGET
+                elif phi_hat < -_MAX_TARGET:
+                    target = -_MAX_TARGET
+                else:
+                    target = phi_hat
                 if phi < target:
                     sin_hat = math.sqrt(1.0 - target * target)
                     sin_phi = math.sqrt(1.0 - phi * phi)
                     # Eq. 3 with |g_i^PC| / |g_j| = sq_norm_i / norm_ij.
                     coef = sq_norm_i * (target * sin_phi - phi * sin_hat) / (norm_ij * sin_hat)
                     sq_norm_i += coef * (2.0 * dot + coef * Kj[j])
+                    if sq_norm_i > min_sq_norm:  # else the next pair breaks off
+                        norm_i = math.sqrt(sq_norm_i)
                     steps.append((coef, j))
                     weights[j] += coef
-                targets[pair] = (1.0 - beta) * phi_hat + beta * phi
+                targets[pair] = keep * phi_hat + beta * phi
         return torch.tensor(weights, dtype=torch.float64) / T

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from operator import mul
 
 import torch
 from torch import Tensor
 
 from ._base import StatefulAggregator
+from ._qp import cholesky_floats, cholesky_solve_floats
 
 # Diagonal entries below this (after normalisation to a largest diagonal of 1) are zero
 # gradients: their utility log(g_i . d) is -inf whatever d, so they get weight 0.
 _ZERO = 1e-200
+# Up to this many tasks Newton runs on Python floats.
+_FLOAT_MAX_TASKS = 6
+# A squared Newton decrement whose square is at rounding level (relative residual ~1e-16).
+_ROUNDING_LAM2 = 1e-16
 
 
 class NashMTL(StatefulAggregator):
@@ -72,6 +78,11 @@ class NashMTL(StatefulAggregator):
         generator: torch.Generator | None,
     ) -> Tensor:
         state = self._state.setdefault(key, {})
+        T = K.shape[0]
+        if T <= _FLOAT_MAX_TASKS:
+            w = self._float_weights(K.tolist(), tasks, state)
+            if w is not None:
+                return torch.tensor(w, dtype=torch.float64)
         diag = K.diagonal()
         live = diag > _ZERO
         if not bool(live.all()):
@@ -80,7 +91,7 @@ class NashMTL(StatefulAggregator):
             sub = self._weights(
                 K[idx][:, idx], tasks=tuple(tasks[i] for i in idx.tolist()), key=key, generator=None
             )
-            return torch.zeros(K.shape[0], dtype=torch.float64).index_put_((idx,), sub)
+            return torch.zeros(T, dtype=torch.float64).index_put_((idx,), sub)
         inv = diag.rsqrt()
         Kt = K * torch.outer(inv, inv)
         Kt.diagonal().add_(self.ridge)
@@ -88,12 +99,49 @@ class NashMTL(StatefulAggregator):
             start = torch.tensor([state.get(t, 1.0) for t in tasks], dtype=torch.float64)
         else:
             # Cold: the best multiple of 1, minimising f(t 1) = t^2 1'K1 / 2 - T log t.
-            T = K.shape[0]
             start = torch.full((T,), math.sqrt(T / float(Kt.sum())), dtype=torch.float64)
         alpha, self.last_iterations = _newton(Kt, start, self.max_iter, self.tol)
         state.update(zip(tasks, alpha.tolist(), strict=True))
         w = alpha * inv
         return w / w.sum()
+
+    def _float_weights(
+        self, K: list[list[float]], tasks: tuple[Hashable, ...], state: dict[Hashable, float]
+    ) -> list[float] | None:
+        """``_weights`` on Python floats for a few tasks: each tensor op costs more there.
+
+        ``None`` where a Newton system does not factorise (a Gramian summed in float32 that
+        is slightly indefinite): the tensor path's LU solve handles that.
+        """
+        T = len(K)
+        live = [i for i in range(T) if K[i][i] > _ZERO]
+        if len(live) < T:
+            # Zero gradients drop out; solve among the others.
+            sub = [[K[i][j] for j in live] for i in live]
+            w_live = self._float_weights(sub, tuple(tasks[i] for i in live), state)
+            if w_live is None:
+                return None
+            w = [0.0] * T
+            for i, wi in zip(live, w_live, strict=True):
+                w[i] = wi
+            return w
+        inv = [1.0 / math.sqrt(K[i][i]) for i in range(T)]
+        Kt = [
+            [kij * si * sj for kij, sj in zip(Ki, inv, strict=True)]
+            for Ki, si in zip(K, inv, strict=True)
+        ]
+        for i in range(T):
+            Kt[i][i] += self.ridge
+        # Warm, or cold from the best multiple of 1, as in the tensor path.
+        a = [state.get(t, 1.0) for t in tasks] if state else [math.sqrt(T / sum(map(sum, Kt)))] * T
+        solved = _newton_floats(Kt, a, self.max_iter, self.tol)
+        if solved is None:
+            return None
+        alpha, self.last_iterations = solved
+        state.update(zip(tasks, alpha, strict=True))
+        w = [ai * si for ai, si in zip(alpha, inv, strict=True)]
+        total = sum(w)
+        return [wi / total for wi in w]
 
 
 def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, int]:
@@ -111,20 +159,63 @@ def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, in
     conditioned, and fewer tensor ops per iteration (each costs microseconds at this size).
     """
     eye = torch.eye(K.shape[0], dtype=torch.float64)
+    minus_one = torch.full_like(a, -1.0)
     prev = math.inf
     for it in range(1, max_iter + 1):
-        r = (a * (K @ a)).sub_(1.0)
-        u = torch.linalg.solve(torch.addcmul(eye, K, torch.outer(a, a)), r)
+        r = torch.addcmul(minus_one, a, K @ a)
+        M = torch.addcmul(eye, K, torch.outer(a, a))
+        # M is positive definite wherever K is: Cholesky is cheaper than LU, which is kept for
+        # a Gramian summed in float32 that is slightly indefinite.
+        L, info = torch.linalg.cholesky_ex(M)
+        u = torch.cholesky_solve(r.unsqueeze(1), L).squeeze_(1)
         lam2 = float(r @ u)
+        if not lam2 >= 0.0 or info:
+            u = torch.linalg.solve(M, r)
+            lam2 = float(r @ u)
         if lam2 >= 1 / 16:
             to_boundary = 0.9 / max(float(u.max()), 1e-300)
             t = min(1.0, max(to_boundary, 1.0 / (1.0 + math.sqrt(lam2))))
         else:
             t = 1.0
         a = a.addcmul(a, u, value=-t)
-        # Stop at the tolerance, or when Newton stops converging quadratically: then
-        # rounding (a near-singular K) sets the floor.
-        if lam2 < tol or (lam2 < 1e-6 and lam2 > 0.25 * prev):
+        if _converged(lam2, prev, tol):
+            return a, it
+        prev = lam2
+    return a, max_iter
+
+
+def _converged(lam2: float, prev: float, tol: float) -> bool:
+    """Whether Newton stops after the step of squared decrement ``lam2`` (``prev`` before)."""
+    # At the tolerance; or when the full step just taken leaves a decrement at rounding level
+    # (for self-concordant f it at most squares, lambda+ <= (lambda / (1 - lambda))^2), which
+    # spares an iteration that would only confirm it; or when Newton stops converging
+    # quadratically: then rounding (a near-singular K) sets the floor.
+    return lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev)
+
+
+def _newton_floats(
+    K: list[list[float]], a: list[float], max_iter: int, tol: float
+) -> tuple[list[float], int] | None:
+    """:func:`_newton` on Python floats; ``None`` if a Newton system does not factorise."""
+    prev = math.inf
+    for it in range(1, max_iter + 1):
+        r = [ai * sum(map(mul, Ki, a)) - 1.0 for ai, Ki in zip(a, K, strict=True)]
+        M = [
+            [kij * ai * aj for kij, aj in zip(Ki, a, strict=True)]
+            for Ki, ai in zip(K, a, strict=True)
+        ]
+        factor = cholesky_floats(M, 1.0)
+        if factor is None:
+            return None
+        u = cholesky_solve_floats(factor, r)
+        lam2 = sum(map(mul, r, u))
+        if lam2 >= 1 / 16:
+            to_boundary = 0.9 / max(max(u), 1e-300)
+            t = min(1.0, max(to_boundary, 1.0 / (1.0 + math.sqrt(lam2))))
+        else:
+            t = 1.0
+        a = [ai - t * ai * ui for ai, ui in zip(a, u, strict=True)]
+        if _converged(lam2, prev, tol):
             return a, it
         prev = lam2
     return a, max_iter

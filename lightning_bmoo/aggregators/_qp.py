@@ -8,6 +8,9 @@ the linear terms so that Python-level overhead is paid once per pivot, not once 
 
 from __future__ import annotations
 
+import math
+from operator import mul
+
 import torch
 from torch import Tensor
 
@@ -19,6 +22,9 @@ RIDGE = 1e-14
 TOL = 1e-12
 # Block exchanges allowed without progress before falling back to single ones.
 _BACKUP = 3
+# Smallest batch that is compacted once most of its problems are solved: below it the
+# indexing costs more than the smaller factorisations save.
+_COMPACT_MIN = 24
 
 
 def unit_diagonal(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -80,44 +86,77 @@ def _pivot(
     refine: bool,
     max_pivots: int | None,
 ) -> Tensor:
-    T = K.shape[0]
+    B, T = c.shape
     eye = torch.eye(T, dtype=K.dtype)
-    Q = K + ridge * eye
+    Q = torch.add(K, eye, alpha=ridge)
     # x = 0 off the free set and y = 0 on it (up to rounding far below the tolerance), so the
     # sign test on both is one test on x + y = x (Q + I) + c.
-    Q_plus_eye = Q + eye
-    neg_tol_c = c.abs().amax(1, keepdim=True).mul_(-TOL)
+    Q_plus_eye = torch.add(K, eye, alpha=1.0 + ridge)
+    neg_tol_c = torch.linalg.vector_norm(c, math.inf, 1, keepdim=True).mul_(-TOL)
     if free is None:
         # Start from x = 0 with every descent coordinate freed: the first block exchange.
         free = c < neg_tol_c
         if not free.any():
             return torch.zeros_like(c)
-    neg_c = -c
-    rows = torch.arange(T)
-    best = torch.full((c.shape[0], 1), T + 1)
-    backup = torch.full_like(best, _BACKUP)
+    neg_c = (-c).unsqueeze_(-1)
+    # Kim & Park's bookkeeping is per problem and scalar: on Python ints it costs no tensor
+    # ops, which at this size cost more than the factorisations.
+    best = [T + 1] * B
+    backup = [_BACKUP] * B
+    # Finished problems leave the batch once they are the majority (see _COMPACT_MIN): their
+    # solutions are kept in ``out`` at rows ``rows`` of the batch.
+    out: Tensor | None = None
+    rows: Tensor | None = None
     for _ in range(8 * T + 32 if max_pivots is None else max_pivots):
         # The system Q_FF x_F = -c_F, padded with identity rows so that x is 0 off the free set.
         L, info = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Q, eye))
-        x = torch.cholesky_solve((neg_c * free).unsqueeze(-1), L).squeeze(-1)
-        neg_tol = x.abs().amax(1, keepdim=True).mul_(-TOL).add_(neg_tol_c)
+        x = torch.cholesky_solve(neg_c * free[:, :, None], L).squeeze_(-1)
+        neg_tol = torch.add(
+            neg_tol_c, torch.linalg.vector_norm(x, math.inf, 1, keepdim=True), alpha=-TOL
+        )
         bad = torch.addmm(c, x, Q_plus_eye) < neg_tol
-        if not bad.any():
+        n_bad = bad.sum(1).tolist()
+        if not any(n_bad):
             break
         # Kim & Park's rule, per problem: exchange every infeasible variable while their number
         # drops (or for a few more tries), else only the last one (Murty's rule, which cannot
         # cycle); the count dropping below its best so far is what makes this finite.
-        n_bad = bad.sum(1, keepdim=True)
-        better = n_bad < best
-        best = torch.minimum(best, n_bad)
-        backup = torch.where(better, _BACKUP, backup - 1)
-        bad &= (backup >= 0) | (rows == (bad * rows).argmax(1, keepdim=True))
+        single = []
+        for b, n in enumerate(n_bad):
+            if n < best[b]:
+                best[b], backup[b] = n, _BACKUP
+            else:
+                backup[b] -= 1
+                if backup[b] < 0 and n:
+                    single.append(b)
+        if single:
+            idx = torch.tensor(single)
+            last = (bad[idx] * torch.arange(T)).argmax(1, keepdim=True)
+            bad[idx] = torch.zeros(len(single), T, dtype=torch.bool).scatter_(
+                1, last, bad[idx].gather(1, last)
+            )
         free = free ^ bad
+        todo = [b for b, n in enumerate(n_bad) if n]
+        # Refinement needs every problem's last factor, so the batch stays whole then.
+        if not refine and len(n_bad) >= _COMPACT_MIN and 2 * len(todo) <= len(n_bad):
+            if info.any():
+                raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
+            if out is None:
+                out = x
+            else:
+                out.index_copy_(0, rows, x)
+            keep = torch.tensor(todo)
+            rows = keep if rows is None else rows[keep]
+            c, neg_c, neg_tol_c, free = c[keep], neg_c[keep], neg_tol_c[keep], free[keep]
+            best = [best[b] for b in todo]
+            backup = [backup[b] for b in todo]
     # A failed factorisation leaves NaNs, which compare False: checked once, here.
     if info.any():
         raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
     if refine:
         x = x + _unbias(x, ridge, free, L)
+    if out is not None:
+        x = out.index_copy_(0, rows, x)
     return x.clamp_min(0.0)
 
 
@@ -131,3 +170,107 @@ def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
     """
     step = torch.cholesky_solve(torch.where(free, ridge * x, 0.0).unsqueeze(-1), L)
     return (step - torch.cholesky_solve(ridge * step, L)).squeeze(-1)
+
+
+def nonneg_qp_floats(
+    K: list[list[float]],
+    c: list[float],
+    *,
+    ridge: float = RIDGE,
+    refine: bool = False,
+    cache: dict[int, tuple[list[list[float]], list[list[float]]] | None] | None = None,
+) -> list[float] | None:
+    """:func:`nonneg_qp` for one linear term, on Python floats.
+
+    The same pivoting rule, tolerances and ridge, so the same solution up to rounding, but
+    without tensor ops: a tiny problem costs microseconds instead of a hundred. ``cache``
+    maps free sets (bit masks) to their Cholesky factors, so that problems sharing ``K`` and
+    ``ridge`` (UPGrad's ``T`` projections) factorise each distinct free set once.
+
+    Returns ``None`` where a factorisation fails (``K`` not positive semi-definite): the
+    caller falls back to :func:`nonneg_qp`, which lifts the ridge.
+    """
+    T = len(c)
+    if cache is None:
+        cache = {}
+    neg_tol_c = -TOL * max(map(abs, c))
+    free = [cj < neg_tol_c for cj in c]
+    if not any(free):
+        return [0.0] * T
+    best, backup = T + 1, _BACKUP
+    for _ in range(8 * T + 32):
+        F = [j for j in range(T) if free[j]]
+        mask = sum(1 << j for j in F)
+        if mask in cache:
+            factor = cache[mask]
+        else:
+            factor = cache[mask] = cholesky_floats([[K[a][b] for b in F] for a in F], ridge)
+        if factor is None:
+            return None
+        xF = cholesky_solve_floats(factor, [-c[j] for j in F])
+        neg_tol = neg_tol_c - TOL * max(map(abs, xF))
+        # The sign test of nonneg_qp on x + y: x on the free set, y = K x + c off it.
+        z = c
+        for j, xj in zip(F, xF, strict=True):
+            z = [zk + xj * Kjk for zk, Kjk in zip(z, K[j], strict=True)]
+        for j, xj in zip(F, xF, strict=True):
+            z[j] = xj
+        bad = [zj < neg_tol for zj in z]
+        n_bad = sum(bad)
+        if not n_bad:
+            break
+        if n_bad < best:
+            best, backup = n_bad, _BACKUP
+        else:
+            backup -= 1
+        if backup >= 0:
+            free = [f ^ b for f, b in zip(free, bad, strict=True)]
+        else:
+            last = T - 1 - bad[::-1].index(True)
+            free[last] = not free[last]
+    if refine:
+        # nonneg_qp's _unbias on the free set's factor.
+        step = cholesky_solve_floats(factor, [ridge * xj for xj in xF])
+        back = cholesky_solve_floats(factor, [ridge * sj for sj in step])
+        xF = [xj + sj - bj for xj, sj, bj in zip(xF, step, back, strict=True)]
+    x = [0.0] * T
+    for j, xj in zip(F, xF, strict=True):
+        if xj > 0.0:
+            x[j] = xj
+    return x
+
+
+def cholesky_floats(
+    A: list[list[float]], ridge: float
+) -> tuple[list[list[float]], list[list[float]]] | None:
+    """Returns the rows and the columns below the diagonal of the Cholesky factor of A + ridge I.
+
+    ``None`` if ``A + ridge I`` is not (numerically) positive definite.
+    """
+    L: list[list[float]] = []
+    for i, Ai in enumerate(A):
+        Li: list[float] = []
+        for j, Lj in enumerate(L):
+            Li.append((Ai[j] - sum(map(mul, Li, Lj))) / Lj[j])
+        d = Ai[i] + ridge - sum(map(mul, Li, Li))
+        if not d > 0.0:
+            return None
+        Li.append(math.sqrt(d))
+        L.append(Li)
+    m = len(L)
+    cols = [[L[k][i] for k in range(i + 1, m)] for i in range(m)]
+    return L, cols
+
+
+def cholesky_solve_floats(
+    factor: tuple[list[list[float]], list[list[float]]], b: list[float]
+) -> list[float]:
+    """Solves ``A x = b`` given the factor of ``A`` from :func:`cholesky_floats`."""
+    L, cols = factor
+    y: list[float] = []
+    for Li, bi in zip(L, b, strict=True):
+        y.append((bi - sum(map(mul, Li, y))) / Li[-1])
+    x = y
+    for i in range(len(L) - 1, -1, -1):
+        x[i] = (y[i] - sum(map(mul, cols[i], x[i + 1 :]))) / L[i][i]
+    return x

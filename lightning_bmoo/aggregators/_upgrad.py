@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
+from operator import mul
 
 import torch
 from torch import Tensor
 
 from ._base import Aggregator
-from ._qp import nonneg_qp, unit_diagonal
+from ._qp import nonneg_qp, nonneg_qp_floats, unit_diagonal
 
 # Squared norm (relative to |g_i|^2) below which a projection counts as vanishing.
 _VANISHING = 1e-6
 # Once the bias is refined away, a larger ridge only damps rounding noise in singular systems.
 _REFINED_RIDGE = 1e-12
+# Up to this many tasks the projections are solved one by one on Python floats.
+_FLOAT_MAX_TASKS = 6
 
 
 class UPGrad(Aggregator):
@@ -39,7 +43,25 @@ class UPGrad(Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        return projection_weights(K).sum(0)
+        T = K.shape[0]
+        if T == 2:
+            (k11, k12), (_, k22) = K.tolist()
+            if k12 >= 0.0:
+                return torch.full((2,), 0.5, dtype=torch.float64)
+            return torch.tensor([0.5 - 0.5 * k12 / k11, 0.5 - 0.5 * k12 / k22], dtype=torch.float64)
+        # Only the column sums of V are needed: w_j = (1 + s_j sum_i r_i x_ij) / T.
+        if T <= _FLOAT_MAX_TASKS:
+            solved = _float_projections(K)
+            if solved is not None:
+                X, r, s = solved
+                rX = [0.0] * T
+                for ri, xi in zip(r, X, strict=True):
+                    rX = [a + ri * b for a, b in zip(rX, xi, strict=True)]
+                return torch.tensor(
+                    [(1.0 + sj * a) / T for sj, a in zip(s, rX, strict=True)], dtype=torch.float64
+                )
+        X, r, s = _tensor_projections(K)
+        return (r @ X).mul_(s).add_(1.0).div_(T)
 
 
 def projection_weights(K: Tensor) -> Tensor:
@@ -55,6 +77,45 @@ def projection_weights(K: Tensor) -> Tensor:
         if k12 >= 0.0:
             return torch.eye(2, dtype=torch.float64) / 2
         return torch.tensor([[0.5, -0.5 * k12 / k22], [-0.5 * k12 / k11, 0.5]], dtype=torch.float64)
+    solved = _float_projections(K) if T <= _FLOAT_MAX_TASKS else None
+    if solved is None:
+        X, r, s = _tensor_projections(K)
+    else:
+        X, r, s = (torch.tensor(v, dtype=torch.float64) for v in solved)
+    return torch.eye(T, dtype=K.dtype).add_(r[:, None] * X * s).div_(T)
+
+
+def _float_projections(K: Tensor) -> tuple[list[list[float]], list[float], list[float]] | None:
+    """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s`` on Python floats.
+
+    ``None`` where a factorisation fails (a Gramian that is not positive semi-definite).
+    """
+    Kl = K.tolist()
+    T = len(Kl)
+    r = [math.sqrt(Kl[i][i]) for i in range(T)]
+    s = [1.0 / ri if ri > 0.0 else 0.0 for ri in r]
+    K1 = [
+        [kij * si * sj for kij, sj in zip(Ki, s, strict=True)] for Ki, si in zip(Kl, s, strict=True)
+    ]
+    # Problems share K1, so each distinct free set is factorised once for all of them.
+    cache: dict = {}
+    refined_cache: dict = {}
+    X = []
+    for Ki in K1:
+        x = nonneg_qp_floats(K1, Ki, cache=cache)
+        if x is None:
+            return None
+        # As in _tensor_projections, but only the problems that need it are solved again.
+        if sum(map(mul, Ki, x)) < _VANISHING - 1.0:
+            x = nonneg_qp_floats(K1, Ki, ridge=_REFINED_RIDGE, refine=True, cache=refined_cache)
+            if x is None:
+                return None
+        X.append(x)
+    return X, r, s
+
+
+def _tensor_projections(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s``, batched in torch."""
     K1, r, s = unit_diagonal(K)
     # In unit-diagonal variables problem i reads min (e_i + x)^T K1 (e_i + x), x >= 0, scaled
     # by r_i / T (the QP is positively homogeneous); row i of K1 is its linear term.
@@ -63,4 +124,4 @@ def projection_weights(K: Tensor) -> Tensor:
     # ridge's O(1e-14) bias is no longer small next to it: solve again without the bias.
     if (K1 * X).sum(1).min() < _VANISHING - 1.0:
         X = nonneg_qp(K1, K1, ridge=_REFINED_RIDGE, refine=True)
-    return torch.eye(T, dtype=K.dtype).add_(r[:, None] * X * s).div_(T)
+    return X, r, s
