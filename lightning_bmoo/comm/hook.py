@@ -50,6 +50,16 @@ def register_bucket_moo_hook(
             f"register_bucket_moo_hook needs a DistributedDataParallel model, got "
             f"{type(ddp).__name__}."
         )
+    if (
+        transport == "sharded"
+        and dist.get_backend(ddp.process_group) == "gloo"
+        and any(p.is_cuda for p in ddp.parameters())
+    ):
+        raise ValueError(
+            "The sharded transport needs all_to_all, which the gloo backend implements for "
+            "CPU tensors only. Use the nccl backend for CUDA models (Lightning does by "
+            "default), or transport='gather'."
+        )
     state = BucketMOOState(
         aggregator,
         param_names={id(p): name for name, p in ddp.module.named_parameters()},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import warnings
 import zlib
@@ -18,9 +19,12 @@ from ..aggregators import Aggregator, get_aggregator
 from .layout import MAX_LANGUAGE_BYTES, Layout, exchange_slot
 from .linalg import combine_rows, row_gramian, task_gramian
 from .stats import GroupStats, StepStats
-from .transports import TRANSPORTS, CommCounter, Exchange
+from .transports import TRANSPORTS, CommCounter, Exchange, open_channels
 
 GRANULARITIES = ("bucket", "parameter", "global")
+# Exchanged buckets the hook may hold unsolved while the backward pass goes on: more
+# overlap costs one more bucket of memory each.
+MAX_IN_FLIGHT = int(os.environ.get("BMOO_IN_FLIGHT", "1"))
 NONFINITE_POLICIES = ("drop", "propagate")
 
 
@@ -106,7 +110,8 @@ class BucketMOOState:
         self.process_group = process_group
         self.rank = dist.get_rank(process_group)
         self.world_size = dist.get_world_size(process_group)
-        self.transport = TRANSPORTS[transport](process_group, self.rank, self.world_size)
+        self.channels = open_channels(process_group)
+        self.transport = TRANSPORTS[transport](self.channels, self.rank, self.world_size)
         self.slots_per_rank = slots_per_rank
         self.seed = seed
         self.param_names = dict(param_names or {})
@@ -175,7 +180,8 @@ class BucketMOOState:
         self._stats: StepStats | None = None
         self._stash_rows: dict[tuple[int, ...], list[Tensor]] = {}
         self._stash_params: dict[int, list[Tensor]] = {}
-        self._pending: list[_Job] = []
+        self._jobs: list[_Job] = []  # the last slot's buckets, in order
+        self._solved = 0  # how many of them have their Gramians
         self._counter = CommCounter()
         self._seconds = 0.0
         self._backwards = getattr(self, "_backwards", 0)
@@ -196,7 +202,7 @@ class BucketMOOState:
             self._languages.append(self._language)
             self._slot_languages.append(
                 exchange_slot(
-                    self._language, self.slots_per_rank, self.process_group, self.world_size
+                    self._language, self.slots_per_rank, self.channels.control, self.world_size
                 )
             )
             if self.world_size > 1:
@@ -211,15 +217,14 @@ class BucketMOOState:
         else:
             if self._layout is None:
                 self._begin_last_slot()
-            # Bucket b - 1 is finished before bucket b's exchange starts: its small all-reduce
-            # then queues behind fewer large transfers, and bucket b's exchange overlaps with
-            # the backward pass until the next call. Global MOO solves at the last bucket.
-            self._drain(final=False)
+            # Earlier buckets whose rows have arrived are finished before this bucket's
+            # exchange starts, so that the hook holds as few exchanged buckets as possible.
+            self._progress(final=False)
             rows = self._local_rows(params, buffer)
             job = _Job(self.transport.exchange(rows, self._counter), self._segments(params), buffer)
-            self._pending.append(job)
+            self._jobs.append(job)
             if bucket.is_last():
-                self._drain(final=True)
+                self._progress(final=True)
             future = job.future
         self._seconds += time.perf_counter() - start
         if bucket.is_last():
@@ -292,41 +297,41 @@ class BucketMOOState:
             out[i] = gram if self._layout.identity else task_gramian(gram, averaging)
         return out
 
-    def _drain(self, final: bool) -> None:
-        """Solves and finishes the pending buckets (global MOO: only at the final one)."""
-        fresh = [job for job in self._pending if job.gramians is None]
-        if fresh:
-            partials = [self._partial_gramians(job) for job in fresh]
-            # One all-reduce for every bucket drained now: fewer, larger collectives.
-            summed = self.transport.reduce(
-                torch.cat([p.reshape(-1) for p in partials]), self._counter
-            )
-            summed = summed.cpu() * float(self.slots_per_rank) ** 2
-            offset = 0
-            for job, partial in zip(fresh, partials):
-                job.gramians = summed[offset : offset + partial.numel()].view(partial.shape)
-                offset += partial.numel()
-        if self.granularity == "global":
-            if final:
-                self._finish_global()
-            return
-        for job in self._pending:
-            weights = [self._solve(gram, seg) for gram, seg in zip(job.gramians, job.segments)]
-            self._finish(job, weights)
-        self._pending = []
+    def _progress(self, final: bool) -> None:
+        """Solves, in bucket order, every bucket whose rows have arrived: all of them when
+        ``final``. Global MOO finishes every bucket at the final call.
+
+        It never waits for rows before the final call, so the backward pass goes on while
+        they travel. Ranks may reach a bucket at different calls, but in the same order,
+        which is all the control and gather channels need.
+        """
+        scale = float(self.slots_per_rank) ** 2
+        while self._solved < len(self._jobs):
+            job = self._jobs[self._solved]
+            assert job.exchange is not None
+            in_flight = len(self._jobs) - self._solved
+            if not (final or job.exchange.ready() or in_flight > MAX_IN_FLIGHT):
+                break
+            self._solved += 1
+            partial = self._partial_gramians(job)
+            job.gramians = self.transport.reduce(partial, self._counter).cpu() * scale
+            if self.granularity != "global":
+                weights = [self._solve(g, seg) for g, seg in zip(job.gramians, job.segments)]
+                self._finish(job, weights)
+        if final and self.granularity == "global":
+            self._finish_global()
 
     def _finish_global(self) -> None:
         assert self._stats is not None
-        total = torch.stack([job.gramians.sum(0) for job in self._pending]).sum(0)
-        names = [n for job in self._pending for seg in job.segments for n in seg.names]
-        numel = sum(job.numel for job in self._pending)
+        total = torch.stack([job.gramians.sum(0) for job in self._jobs]).sum(0)
+        names = [n for job in self._jobs for seg in job.segments for n in seg.names]
+        numel = sum(job.numel for job in self._jobs)
         weights = self._solve(total, _Segment(0, numel, "global", names), record=False)
         self._stats.global_group = self._last_group
-        for job in self._pending:
+        for job in self._jobs:
             for gram, seg in zip(job.gramians, job.segments):
                 self._record(seg, gram, self._last_group.active, weights)
             self._finish(job, [weights] * len(job.segments))
-        self._pending = []
 
     def _generator(self, key: str) -> torch.Generator | None:
         if not self.aggregator.stochastic:

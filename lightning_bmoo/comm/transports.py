@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,10 @@ class Exchange:
     ) -> None:
         self._rows, self.lo, self.hi, self._work, self.nbytes = rows, lo, hi, work, nbytes
 
+    def ready(self) -> bool:
+        """Whether the rows have arrived (never blocks)."""
+        return self._work is None or self._work.is_completed()
+
     def rows(self) -> Tensor:
         """Waits for the exchange and returns the ``WK x (hi - lo)`` rows."""
         if self._work is not None:
@@ -73,13 +78,51 @@ class Exchange:
         return self._rows
 
 
+class Channels(NamedTuple):
+    """The process groups the hook talks on, each with its own deterministic order.
+
+    Attributes:
+        exchange: DDP's group; slot rows, in bucket order.
+        gather: combined shards, in the order buckets are solved.
+        control: slot languages and ``T x T`` Gramians: small, blocking messages that must
+            not queue behind large transfers.
+    """
+
+    exchange: dist.ProcessGroup | None
+    gather: dist.ProcessGroup | None
+    control: dist.ProcessGroup | None
+
+
+_SIDE_GROUPS: dict[tuple[int, ...], tuple[object, Channels]] = {}
+
+
+def open_channels(group: dist.ProcessGroup | None) -> Channels:
+    """Returns the channels for DDP's ``group``, creating two side groups once per group.
+
+    Every rank of the default group must call this at the same point (as for any
+    ``dist.new_group``); registering the hook does, on every rank.
+    """
+    if dist.get_world_size(group) == 1:
+        return Channels(group, group, group)
+    ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
+    world = dist.distributed_c10d._get_default_group()
+    cached = _SIDE_GROUPS.get(ranks)
+    # A cached pair belongs to a default group that may have been destroyed since.
+    if cached is None or cached[0] is not world:
+        side = Channels(group, dist.new_group(list(ranks)), dist.new_group(list(ranks)))
+        _SIDE_GROUPS[ranks] = (world, side)
+        return side
+    return Channels(group, cached[1].gather, cached[1].control)
+
+
 class Transport(ABC):
-    """Moves slot gradients between the ranks of ``group``."""
+    """Moves slot gradients between the ranks of ``channels``."""
 
     name: str
 
-    def __init__(self, group: dist.ProcessGroup | None, rank: int, world_size: int) -> None:
-        self.group, self.rank, self.world_size = group, rank, world_size
+    def __init__(self, channels: Channels, rank: int, world_size: int) -> None:
+        self.channels, self.rank, self.world_size = channels, rank, world_size
+        self.group = channels.exchange
 
     @abstractmethod
     def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
@@ -191,7 +234,7 @@ class ShardedTransport(Transport):
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         if self.world_size == 1:
             return partial
-        dist.all_reduce(partial, group=self.group)
+        dist.all_reduce(partial, group=self.channels.control)
         nbytes = 2 * (self.world_size - 1) * partial.numel() * partial.element_size()
         counter.add("all_reduce", nbytes // self.world_size, nbytes // self.world_size)
         return partial
@@ -216,7 +259,7 @@ class ShardedTransport(Transport):
             mine[sizes[self.rank] :].zero_()
             combined(mine[: sizes[self.rank]])
             out = torch.empty(self.world_size * chunk, dtype=bucket.dtype, device=bucket.device)
-        work = dist.all_gather_single(out, mine, group=self.group, async_op=True)
+        work = dist.all_gather_single(out, mine, group=self.channels.gather, async_op=True)
         size = bucket.element_size()
         counter.add(
             "all_gather", (self.world_size - 1) * chunk * size, (self.world_size - 1) * chunk * size
