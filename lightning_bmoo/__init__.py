@@ -2,11 +2,13 @@
 
 from .aggregators import Aggregator, available_aggregators, get_aggregator
 from .data import LanguageBatchSampler, check_dataloader, collate_with_language
+from .strategy import BucketMOOStrategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Aggregator",
+    "BucketMOOStrategy",
     "LanguageBatchSampler",
     "__version__",
     "available_aggregators",
