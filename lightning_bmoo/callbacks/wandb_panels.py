@@ -1,0 +1,152 @@
+"""W&B side of the interference dashboard: metric definitions, heatmaps and tables.
+
+Heatmaps need matplotlib and Pillow (``wandb.Image`` of a figure); both are imported only
+when a heatmap is drawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from .figures import GroupConflict
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: W&B's step axis under Lightning's WandbLogger.
+STEP_METRIC = "trainer/global_step"
+
+# (metric glob under the prefix, summaries): what a reader looks for first in the run table.
+_SUMMARIES: tuple[tuple[str, str], ...] = (
+    ("cos/*", "min,last"),
+    ("cos_min", "min,last"),
+    ("cos_mean", "min,last"),
+    ("conflict_rate", "max,last"),
+    ("conflict_rate_weighted", "max,last"),
+    ("loss/*", "min,last"),
+    ("val_loss/*", "min,last"),
+    ("val_ppl/*", "min,last"),
+    ("gain/*", "min,last"),
+    ("affinity/*", "min,max,last"),
+    ("affinity_exact/*", "min,max,last"),
+    ("comm/*", "max,mean"),
+)
+
+
+def define_metrics(run: Any, prefix: str) -> None:
+    """Declares the monitor's metrics: the trainer's step as x axis, min/max in the summary.
+
+    Args:
+        run: a ``wandb`` run (``WandbLogger.experiment``).
+        prefix: the monitor's metric prefix, e.g. ``"interference/"``.
+    """
+    run.define_metric(STEP_METRIC)
+    run.define_metric(f"{prefix}*", step_metric=STEP_METRIC)
+    for name, summary in _SUMMARIES:
+        run.define_metric(f"{prefix}{name}", step_metric=STEP_METRIC, summary=summary)
+
+
+def heatmap(
+    matrix: Tensor,
+    labels: Sequence[str],
+    title: str,
+    *,
+    columns: Sequence[str] | None = None,
+    symmetric: bool = True,
+) -> Figure:
+    """A labelled heatmap of ``matrix`` (NaN cells left blank), values written in the cells.
+
+    Args:
+        matrix: ``R x C`` values.
+        labels: row labels (and column labels unless ``columns`` is given).
+        title: the figure's title.
+        columns: column labels.
+        symmetric: centre the colour scale on 0 (red negative, blue positive).
+
+    Raises:
+        ImportError: if matplotlib is missing.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "InterferenceMonitor's W&B heatmaps need matplotlib and Pillow: "
+            "pip install matplotlib Pillow (or InterferenceMonitor(heatmaps=False))."
+        ) from error
+    columns = list(labels if columns is None else columns)
+    values = matrix.detach().to(torch.float64).cpu().numpy()
+    finite = values[~_isnan(values)]
+    scale = float(abs(finite).max()) if finite.size else 1.0
+    scale = scale if scale > 0 else 1.0
+    rows, cols = values.shape
+    # Figure() rather than pyplot: no global state, no GUI backend, nothing to close.
+    fig = Figure(figsize=(1.2 + 0.55 * cols, 1.0 + 0.45 * rows), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        values,
+        cmap="RdBu" if symmetric else "viridis",
+        vmin=-scale if symmetric else None,
+        vmax=scale if symmetric else None,
+        aspect="auto",
+    )
+    ax.set_xticks(range(cols), columns, rotation=45 if cols > 6 else 0, ha="right")
+    ax.set_yticks(range(rows), list(labels))
+    ax.set_title(title)
+    if rows * cols <= 400:
+        for r in range(rows):
+            for c in range(cols):
+                if not math.isnan(values[r, c]):
+                    ax.text(c, r, f"{values[r, c]:.2g}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return fig
+
+
+def _isnan(values: Any) -> Any:
+    return values != values  # numpy without importing it
+
+
+def conflict_rows(conflicts: Sequence[GroupConflict]) -> list[list[Any]]:
+    """Table rows ``[step, group, parameters, pair, cosine, numel]``, most conflicting first."""
+    return [
+        [c.step, c.key, ", ".join(c.param_names), "-".join(c.pair), c.cosine, c.numel]
+        for c in conflicts
+    ]
+
+
+#: Columns of :func:`conflict_rows`.
+CONFLICT_COLUMNS = ["step", "group", "parameters", "pair", "cosine", "numel"]
+
+
+def log_panels(
+    run: Any,
+    prefix: str,
+    step: int,
+    *,
+    images: dict[str, Figure],
+    conflicts: Sequence[GroupConflict],
+) -> None:
+    """Logs heatmaps and the conflict tables in one ``run.log`` call.
+
+    Args:
+        run: a ``wandb`` run.
+        prefix: the metric prefix.
+        step: the trainer's global step (W&B's x axis).
+        images: heatmaps by name (logged as ``{prefix}{name}``).
+        conflicts: the most conflicting groups, most negative first; the first is also logged
+            as the ``worst_group`` table.
+    """
+    import wandb
+
+    payload: dict[str, Any] = {STEP_METRIC: step}
+    for name, fig in images.items():
+        payload[f"{prefix}{name}"] = wandb.Image(fig)
+    if conflicts:
+        rows = conflict_rows(conflicts)
+        payload[f"{prefix}conflicts"] = wandb.Table(columns=CONFLICT_COLUMNS, data=rows)
+        payload[f"{prefix}worst_group"] = wandb.Table(columns=CONFLICT_COLUMNS, data=rows[:1])
+    run.log(payload)

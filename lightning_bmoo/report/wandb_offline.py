@@ -1,0 +1,205 @@
+"""Reads offline W&B run directories (``wandb/offline-run-*``) without a network or a server.
+
+wandb has no Python reader for offline runs. Their ``run-<id>.wandb`` file is a LevelDB-style
+log: a 7-byte file header, then 32 KiB blocks of chunks, each chunk a 7-byte header (masked
+CRC32C, length, type) and a piece of one serialized ``wandb_internal_pb2.Record``.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+_FILE_HEADER = struct.Struct("<4sHB")  # b":W&B", magic 0xBEE1, version
+_CHUNK_HEADER = struct.Struct("<IHB")  # checksum, length, type
+_BLOCK = 32 * 1024
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+@dataclass
+class OfflineRun:
+    """What an offline run recorded.
+
+    Attributes:
+        path: the run directory.
+        run_id: the run's id.
+        history: one dict per ``wandb.log`` call, in order, values decoded from JSON; media and
+            tables are the dicts W&B stores (``_type``, ``path`` relative to ``files/``...).
+            ``_step`` holds W&B's own step.
+        summary: the run summary as W&B keeps it: the last logged value of every key, except
+            keys with a ``define_metric(summary=...)``, which hold ``{"min": ..., "max": ...}``.
+        config: the run config, values decoded from JSON.
+        metrics: ``define_metric`` declarations by name (or glob), as dicts.
+        files: every file under the run's ``files/`` folder (media, tables, requirements...).
+    """
+
+    path: Path
+    run_id: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def scalars(self, key: str) -> list[tuple[int | None, float]]:
+        """``(trainer/global_step or _step, value)`` of every history row that logged ``key``."""
+        out = []
+        for row in self.history:
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                step = row.get("trainer/global_step", row.get("_step"))
+                out.append((None if step is None else int(step), float(value)))
+        return out
+
+    def media(self, key: str) -> list[Path]:
+        """Files of an image or table key, in the order they were logged."""
+        paths = []
+        for row in self.history:
+            value = row.get(key)
+            if isinstance(value, dict) and "path" in value:
+                paths.append(self.path / "files" / value["path"])
+        return paths
+
+    def table(self, key: str, index: int = -1) -> dict[str, Any]:
+        """The ``index``-th logged table of ``key`` as ``{"columns": [...], "data": [[...]]}``."""
+        paths = self.media(key)
+        if not paths:
+            raise KeyError(f"No table logged under {key!r} in {self.path}.")
+        return json.loads(paths[index].read_text())
+
+
+#: The name the report code knows it by.
+Run = OfflineRun
+
+
+def find_offline_runs(root: str | Path) -> list[Path]:
+    """Offline run directories under ``root`` (a ``save_dir``, its ``wandb/`` or a run), sorted."""
+    root = Path(root)
+    if list(root.glob("run-*.wandb")):
+        return [root]
+    return sorted(p.parent for p in root.glob("**/offline-run-*/run-*.wandb"))
+
+
+def read_run(run_dir: str | Path) -> OfflineRun:
+    """Reads one offline run directory (the folder holding ``run-<id>.wandb``).
+
+    Raises:
+        FileNotFoundError: if the folder holds no ``.wandb`` file.
+        ValueError: if the file is not a W&B log.
+    """
+    run_dir = Path(run_dir)
+    logs = sorted(run_dir.glob("run-*.wandb"))
+    if not logs:
+        raise FileNotFoundError(f"No run-*.wandb file in {run_dir}: is it an offline run folder?")
+    run = OfflineRun(path=run_dir)
+    for record in iter_records(logs[0]):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            run.history.append(_items(record.history.item))
+        elif kind == "summary":
+            run.summary.update(_items(record.summary.update))
+        elif kind == "config":
+            for item in record.config.update:
+                run.config[_key(item)] = json.loads(item.value_json)
+        elif kind == "run":
+            run.run_id = record.run.run_id
+            for item in record.run.config.update:
+                run.config[_key(item)] = json.loads(item.value_json)
+        elif kind == "metric":
+            metric = record.metric
+            name = metric.name or metric.glob_name
+            run.metrics[name] = {
+                "step_metric": metric.step_metric,
+                "summary": [k for k in ("min", "max", "mean", "last", "best") if _flag(metric, k)],
+                "goal": metric.goal,
+                "hidden": bool(metric.options.hidden),
+            }
+    # W&B's default summary is the last value of each key; explicit updates were merged above.
+    last: dict[str, Any] = {}
+    for row in run.history:
+        last.update(row)
+    run.summary = {**last, **run.summary}
+    files = run_dir / "files"
+    run.files = sorted(p for p in files.rglob("*") if p.is_file()) if files.is_dir() else []
+    return run
+
+
+def iter_records(path: str | Path) -> Iterator[pb.Record]:
+    """Yields the ``Record`` protobufs of a ``.wandb`` file, in order.
+
+    A record cut short at the end of the file (a run still writing, or killed) is skipped.
+
+    Raises:
+        ValueError: if the file does not start with the W&B header.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < _FILE_HEADER.size:
+        raise ValueError(f"{path} is not a W&B log (too short).")
+    ident, magic, _version = _FILE_HEADER.unpack_from(data)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a W&B log (header {data[:7]!r}).")
+    for payload in _payloads(data):
+        record = pb.Record()
+        record.ParseFromString(payload)
+        yield record
+
+
+def _payloads(data: bytes) -> Iterator[bytes]:
+    offset = _FILE_HEADER.size
+    pieces: list[bytes] = []
+    while offset + _CHUNK_HEADER.size <= len(data):
+        room = _BLOCK - offset % _BLOCK
+        if room < _CHUNK_HEADER.size:  # a block's tail too short for a header is padding
+            offset += room
+            continue
+        _checksum, length, kind = _CHUNK_HEADER.unpack_from(data, offset)
+        offset += _CHUNK_HEADER.size
+        if offset + length > len(data):
+            return
+        piece = data[offset : offset + length]
+        offset += length
+        if kind == _FULL:
+            yield piece
+        elif kind == _FIRST:
+            pieces = [piece]
+        elif kind == _MIDDLE:
+            pieces.append(piece)
+        elif kind == _LAST:
+            pieces.append(piece)
+            yield b"".join(pieces)
+            pieces = []
+        elif kind == 0 and length == 0:  # zero padding
+            continue
+        else:
+            raise ValueError(f"Corrupt W&B log: chunk type {kind} at byte {offset - length}.")
+
+
+def _key(item: Any) -> str:
+    return "/".join(item.nested_key) if item.nested_key else item.key
+
+
+def _items(items: Any) -> dict[str, Any]:
+    # Media and tables arrive flattened as nested keys (["img", "path"], ...): nest them back
+    # so that row["img"] is the dict W&B logged. Metric names with "/" use plain keys.
+    out: dict[str, Any] = {}
+    for item in items:
+        value = json.loads(item.value_json)
+        parts = list(item.nested_key) or [item.key]
+        target = out
+        for part in parts[:-1]:
+            child = target.get(part)
+            if not isinstance(child, dict):
+                child = target[part] = {}
+            target = child
+        target[parts[-1]] = value
+    return out
+
+
+def _flag(metric: pb.MetricRecord, name: str) -> bool:
+    return bool(getattr(metric.summary, name, False))
