@@ -66,10 +66,6 @@ class Exchange:
     ) -> None:
         self._rows, self.lo, self.hi, self._work, self.nbytes = rows, lo, hi, work, nbytes
 
-    def ready(self) -> bool:
-        """Whether the rows have arrived (never blocks)."""
-        return self._work is None or self._work.is_completed()
-
     def rows(self) -> Tensor:
         """Waits for the exchange and returns the ``WK x (hi - lo)`` rows."""
         if self._work is not None:
