@@ -45,12 +45,19 @@ def test_shape_dtype_and_finite(name, kind, T):
     assert torch.isfinite(w).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+# A random visiting order (PCGrad, GradVac) is only equivariant in distribution, except
+# for two tasks, where there is nothing to order.
+EQUIVARIANT = [
+    (name, T)
+    for name in NAMES
+    for T in (2, 3, 5, 8)
+    if T == 2 or not get_aggregator(name).stochastic
+]
+
+
+@pytest.mark.parametrize(("name", "T"), EQUIVARIANT)
 @pytest.mark.parametrize("kind", ["random", "conflicting", "extreme_scale"])
-@pytest.mark.parametrize("T", [2, 3, 5, 8])
 def test_permutation_equivariant(name, kind, T):
-    if get_aggregator(name).stochastic and T > 2:
-        pytest.skip("a random visiting order is only equivariant in distribution")
     G = sample_gradients(kind, T, seed=1)
     perm = torch.randperm(T, generator=torch.Generator().manual_seed(T))
     w = weights(name, gramian(G))
