@@ -64,18 +64,3 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> list[Any]:
         if isinstance(result, RemoteError):
             raise result
     return results
-
-
-def expect_remote_errors(fn: Callable, world_size: int, *args: Any) -> list[Any]:
-    """Like :func:`run_distributed` but returns per-rank results, errors included."""
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(
-            _worker,
-            args=(fn, world_size, free_port(), out_dir, args),
-            nprocs=world_size,
-            start_method="fork",
-        )
-        return [
-            torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)
-            for r in range(world_size)
-        ]
