@@ -153,7 +153,7 @@ class BucketMOOState:
     @property
     def slot_index(self) -> int:
         """Which microbatch of the current step the next backward pass is (0-based)."""
-        return len(self._languages)
+        return len(self._slot_languages)
 
     def state_dict(self) -> dict[str, Any]:
         """Step counter and aggregator state, for checkpoints."""
@@ -161,7 +161,7 @@ class BucketMOOState:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`'s output; call it between optimizer steps."""
-        if self._languages:
+        if self._slot_languages:
             raise RuntimeError("load_state_dict was called in the middle of a step.")
         self.step = int(state_dict["step"])
         self.seed = int(state_dict["seed"])
@@ -170,8 +170,7 @@ class BucketMOOState:
     # -- the hook's side ---------------------------------------------------------------------
 
     def _reset_step(self) -> None:
-        self._languages: list[str] = []
-        self._slot_languages: list[list[str]] = []  # per slot index: every rank's language
+        self._slot_languages: list[list[str]] = []  # per slot so far: every rank's language
         self._language: str | None = None
         self._layout: Layout | None = None
         self._stats: StepStats | None = None
@@ -196,7 +195,6 @@ class BucketMOOState:
         buffer = bucket.buffer()
         params = bucket.parameters()
         if self._bucket_calls == 0:
-            self._languages.append(self._language)
             self._slot_languages.append(
                 exchange_slot(
                     self._language, self.slots_per_rank, self.channels.control, self.world_size
@@ -206,7 +204,7 @@ class BucketMOOState:
                 nbytes = (self.world_size - 1) * (8 + MAX_LANGUAGE_BYTES)
                 self._counter.add("layout", nbytes, nbytes)
         self._bucket_calls += 1
-        if len(self._languages) < self.slots_per_rank:
+        if len(self._slot_languages) < self.slots_per_rank:
             self._stash(params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
             future: Future = Future()
@@ -409,7 +407,7 @@ class BucketMOOState:
         self._backwards += 1
         self._bucket_calls = 0
         self._language = None
-        if len(self._languages) < self.slots_per_rank:
+        if len(self._slot_languages) < self.slots_per_rank:
             return
         assert self._stats is not None
         stats = self._stats
