@@ -2,7 +2,7 @@
 
 from .hook import bucket_moo_hook, register_bucket_moo_hook
 from .layout import Layout
-from .state import GRANULARITIES, NONFINITE_POLICIES, BucketMOOState
+from .state import GRANULARITIES, NONFINITE_POLICIES, BucketMOOState, check_hook_options
 from .stats import GroupStats, StepStats
 from .transports import TRANSPORTS
 
@@ -15,5 +15,6 @@ __all__ = [
     "Layout",
     "StepStats",
     "bucket_moo_hook",
+    "check_hook_options",
     "register_bucket_moo_hook",
 ]

@@ -31,6 +31,33 @@ def _check_choice(what: str, value: str, choices: tuple[str, ...] | list[str]) -
     return value
 
 
+def check_hook_options(
+    aggregator: str | Aggregator,
+    aggregator_options: dict[str, Any] | None = None,
+    *,
+    transport: str = "sharded",
+    granularity: str = "bucket",
+    nonfinite: str = "drop",
+    slots_per_rank: int = 1,
+) -> Aggregator:
+    """Validates the hook's options without a process group; returns the aggregator.
+
+    Raises:
+        ValueError: naming the bad option and its valid values.
+    """
+    built = get_aggregator(aggregator, **(aggregator_options or {}))
+    _check_choice("transport", transport, list(TRANSPORTS))
+    _check_choice("granularity", granularity, GRANULARITIES)
+    _check_choice("nonfinite policy", nonfinite, NONFINITE_POLICIES)
+    if (
+        not isinstance(slots_per_rank, int)
+        or isinstance(slots_per_rank, bool)
+        or slots_per_rank < 1
+    ):
+        raise ValueError(f"slots_per_rank must be an int >= 1, got {slots_per_rank!r}.")
+    return built
+
+
 class _Segment:
     """A range ``[start, end)`` of a bucket solved as one group."""
 
@@ -93,12 +120,16 @@ class BucketMOOState:
         seed: int = 0,
         aggregator_options: dict[str, Any] | None = None,
     ) -> None:
-        self.aggregator = get_aggregator(aggregator, **(aggregator_options or {}))
-        _check_choice("transport", transport, list(TRANSPORTS))
-        self.granularity = _check_choice("granularity", granularity, GRANULARITIES)
-        self.nonfinite = _check_choice("nonfinite policy", nonfinite, NONFINITE_POLICIES)
-        if not isinstance(slots_per_rank, int) or slots_per_rank < 1:
-            raise ValueError(f"slots_per_rank must be an int >= 1, got {slots_per_rank!r}.")
+        self.aggregator = check_hook_options(
+            aggregator,
+            aggregator_options,
+            transport=transport,
+            granularity=granularity,
+            nonfinite=nonfinite,
+            slots_per_rank=slots_per_rank,
+        )
+        self.granularity = granularity
+        self.nonfinite = nonfinite
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError(
                 "torch.distributed is not initialised: call dist.init_process_group (torchrun "

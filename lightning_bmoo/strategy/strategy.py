@@ -24,14 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from ..aggregators import Aggregator, get_aggregator
-from ..comm import (
-    GRANULARITIES,
-    NONFINITE_POLICIES,
-    TRANSPORTS,
-    BucketMOOState,
-    register_bucket_moo_hook,
-)
+from ..aggregators import Aggregator
+from ..comm import BucketMOOState, check_hook_options, register_bucket_moo_hook
 from ..data import LanguageBatchSampler, check_dataloader
 from .language import LanguageFn, batch_language, checked_language
 
@@ -132,17 +126,14 @@ class BucketMOOStrategy(DDPStrategy):
                 f"{foreign}. Use lightning's DDPStrategy for other hooks."
             )
         # Fail at construction, not minutes later when the hook registers on every rank.
-        get_aggregator(aggregator, **(aggregator_options or {}))
-        _check_choice("transport", transport, tuple(TRANSPORTS))
-        _check_choice("granularity", granularity, GRANULARITIES)
-        if nonfinite is not None:
-            _check_choice("nonfinite policy", nonfinite, NONFINITE_POLICIES)
-        if slots_per_rank is not None and (
-            not isinstance(slots_per_rank, int)
-            or isinstance(slots_per_rank, bool)
-            or slots_per_rank < 1
-        ):
-            raise ValueError(f"slots_per_rank must be an int >= 1 or None, got {slots_per_rank!r}.")
+        check_hook_options(
+            aggregator,
+            aggregator_options,
+            transport=transport,
+            granularity=granularity,
+            nonfinite="drop" if nonfinite is None else nonfinite,
+            slots_per_rank=1 if slots_per_rank is None else slots_per_rank,
+        )
         if language_fn is not None and not callable(language_fn):
             raise TypeError(f"language_fn must be callable, got {type(language_fn).__name__}.")
         super().__init__(
@@ -501,8 +492,3 @@ def _destroy_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         gc.collect()  # models wrapped later in DDP, e.g. by a second fit
         dist.destroy_process_group()
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}. Valid values: {', '.join(choices)}.")
