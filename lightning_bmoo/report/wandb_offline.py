@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class OfflineRun:
         config: the run config, values decoded from JSON.
         metrics: ``define_metric`` declarations by name (or glob), as dicts.
         files: every file under the run's ``files/`` folder (media, tables, requirements...).
+        finished: whether the log holds the run's exit record. W&B's writer may still be
+            flushing for a moment after ``wandb.finish()`` returns; see :func:`wait_for_run`.
     """
 
     path: Path
@@ -46,6 +49,7 @@ class OfflineRun:
     config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     files: list[Path] = field(default_factory=list)
+    finished: bool = False
 
     def scalars(self, key: str) -> list[tuple[int | None, float]]:
         """``(trainer/global_step or _step, value)`` of every history row that logged ``key``."""
@@ -111,6 +115,8 @@ def read_run(run_dir: str | Path) -> OfflineRun:
             run.run_id = record.run.run_id
             for item in record.run.config.update:
                 run.config[_key(item)] = json.loads(item.value_json)
+        elif kind == "exit":
+            run.finished = True
         elif kind == "metric":
             metric = record.metric
             name = metric.name or metric.glob_name
@@ -128,6 +134,22 @@ def read_run(run_dir: str | Path) -> OfflineRun:
     files = run_dir / "files"
     run.files = sorted(p for p in files.rglob("*") if p.is_file()) if files.is_dir() else []
     return run
+
+
+def wait_for_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:
+    """Reads a run that has just finished, once its log holds the exit record.
+
+    Raises:
+        TimeoutError: if the exit record has not appeared after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        run = read_run(run_dir)
+        if run.finished:
+            return run
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{run_dir}: no exit record after {timeout} s; is the run live?")
+        time.sleep(0.1)
 
 
 def iter_records(path: str | Path) -> Iterator[pb.Record]:

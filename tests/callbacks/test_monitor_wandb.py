@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_bmoo.callbacks import InterferenceMonitor
-from lightning_bmoo.report import find_offline_runs, read_run
+from lightning_bmoo.report import find_offline_runs, wait_for_run
 from lightning_bmoo.strategy import BucketMOOStrategy
 
 from .fits import ValModel, fit, flat, task_gradients
@@ -45,7 +45,7 @@ def test_wandb_run_holds_the_explicit_gradient_figures(tmp_path, wandb_env):
         strategy=BucketMOOStrategy("mgda", granularity="parameter", start_method="fork"),
     )
     (run_dir,) = find_offline_runs(tmp_path)
-    run = read_run(run_dir)
+    run = wait_for_run(run_dir)  # wandb.finish() can return while its writer still flushes
     rows = {
         int(r["trainer/global_step"]): r for r in run.history if f"{P}cos_min" in r
     }  # one row of scalars per step

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from lightning_bmoo.report import wait_for_run
 from lightning_bmoo.report.__main__ import main
 from lightning_bmoo.report.sources import find_runs, load_runs
 
@@ -36,6 +37,9 @@ def wandb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         wandb.finish()
         mp.undo()
+    # wandb.finish() can return while its writer still flushes the log.
+    (run_dir,) = [p.parent for p in root.rglob("run-*.wandb")]
+    wait_for_run(run_dir)
     return root
 
 
