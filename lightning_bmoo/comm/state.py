@@ -335,8 +335,9 @@ class BucketMOOState:
             partial = self._partial_gramians(job)
             job.gramians = self.transport.reduce(partial, self._counter).cpu() * scale
             if self.granularity != "global":
-                weights = [self._solve(g, seg) for g, seg in zip(job.gramians, job.segments)]
-                self._finish(job, weights)
+                groups = [self._solve(g, seg) for g, seg in zip(job.gramians, job.segments)]
+                self._stats.groups.extend(groups)
+                self._finish(job, [group.weights for group in groups])
         self._solved = len(self._jobs)
         if final and self.granularity == "global":
             self._finish_global()
@@ -346,12 +347,16 @@ class BucketMOOState:
         total = torch.stack([job.gramians.sum(0) for job in self._jobs]).sum(0)
         names = [n for job in self._jobs for seg in job.segments for n in seg.names]
         numel = sum(job.numel for job in self._jobs)
-        weights = self._solve(total, _Segment(0, numel, "global", names), record=False)
-        self._stats.global_group = self._last_group
+        solved = self._solve(total, _Segment(0, numel, "global", names))
+        self._stats.global_group = solved
         for job in self._jobs:
             for gram, seg in zip(job.gramians, job.segments):
-                self._record(seg, gram, self._last_group.active, weights)
-            self._finish(job, [weights] * len(job.segments))
+                self._stats.groups.append(
+                    GroupStats(
+                        seg.key, seg.end - seg.start, gram, solved.active, solved.weights, seg.names
+                    )
+                )
+            self._finish(job, [solved.weights] * len(job.segments))
 
     def _generator(self, key: str) -> torch.Generator | None:
         if not self.aggregator.stochastic:
@@ -359,7 +364,8 @@ class BucketMOOState:
         mixed = self.seed * 0x9E3779B1 + self.step * 1_000_003 + zlib.crc32(key.encode())
         return torch.Generator().manual_seed(mixed % (1 << 63))
 
-    def _solve(self, gram: Tensor, seg: _Segment, record: bool = True) -> Tensor:
+    def _solve(self, gram: Tensor, seg: _Segment) -> GroupStats:
+        """Weights for one group; returns them with the group's statistics."""
         assert self._layout is not None and self._stats is not None
         tasks = self._layout.tasks
         T = len(tasks)
@@ -392,18 +398,7 @@ class BucketMOOState:
                     key=seg.key,
                     generator=self._generator(seg.key),
                 )
-        self._last_group = GroupStats(
-            seg.key, seg.end - seg.start, gram, active, weights, seg.names
-        )
-        if record:
-            self._stats.groups.append(self._last_group)
-        return weights
-
-    def _record(self, seg: _Segment, gram: Tensor, active: Tensor, weights: Tensor) -> None:
-        assert self._stats is not None
-        self._stats.groups.append(
-            GroupStats(seg.key, seg.end - seg.start, gram, active, weights, seg.names)
-        )
+        return GroupStats(seg.key, seg.end - seg.start, gram, active, weights, seg.names)
 
     def _finish(self, job: _Job, weights: list[Tensor]) -> None:
         assert job.exchange is not None and self._layout is not None
