@@ -190,7 +190,7 @@ class InterferenceMonitor(pl.Callback):
             if pl_module.automatic_optimization:
                 loss = loss * trainer.accumulate_grad_batches  # Lightning divided it by K
             _metric(self._losses, language).update(loss.detach().float().cpu())
-        state = _strategy(trainer).bmoo_state
+        state = _strategy(trainer).hook_state
         stats = state.last_step if state is not None else None
         if stats is None or stats is self._seen:
             return  # within an accumulated step

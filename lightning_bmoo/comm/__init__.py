@@ -1,8 +1,11 @@
 """The bucket-MOO DDP communication hook; usable with plain torch DDP, without Lightning."""
 
-from .hook import bucket_moo_hook, register_bucket_moo_hook
+from .base import HookState
+from .hook import bucket_moo_hook, install_bucket_moo_hook, register_bucket_moo_hook
 from .layout import Layout
-from .state import GRANULARITIES, NONFINITE_POLICIES, BucketMOOState, check_hook_options
+from .options import GRANULARITIES, NONFINITE_POLICIES, HookOptions, check_hook_options
+from .solve import Solution, solve_group
+from .state import BucketMOOState
 from .stats import GroupStats, StepStats
 from .transports import TRANSPORTS
 
@@ -12,9 +15,14 @@ __all__ = [
     "TRANSPORTS",
     "BucketMOOState",
     "GroupStats",
+    "HookOptions",
+    "HookState",
     "Layout",
+    "Solution",
     "StepStats",
     "bucket_moo_hook",
     "check_hook_options",
+    "install_bucket_moo_hook",
     "register_bucket_moo_hook",
+    "solve_group",
 ]

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..aggregators import Aggregator
+from .options import HookOptions
 from .state import BucketMOOState
 
 
@@ -31,6 +32,7 @@ def register_bucket_moo_hook(
     nonfinite: str = "drop",
     seed: int = 0,
     aggregator_options: "dict[str, Any] | None" = None,
+    direction_only: bool = False,
 ) -> BucketMOOState:
     """Registers the bucket-MOO hook on a DDP model and returns its state.
 
@@ -42,8 +44,35 @@ def register_bucket_moo_hook(
                 loss_fn(ddp(microbatch.x)).backward()
         optimizer.step(); optimizer.zero_grad()
 
-    Do not wrap backward passes in ``ddp.no_sync()``: the hook must see every slot.
-    See :class:`BucketMOOState` for the arguments.
+    Do not wrap backward passes in ``ddp.no_sync()``: the hook must see every slot. The
+    options are those of :class:`~lightning_bmoo.comm.HookOptions`.
+
+    Raises:
+        ValueError: for a bad option (before anything is registered).
+        TypeError: if ``ddp`` is not a ``DistributedDataParallel`` model.
+    """
+    options = HookOptions.build(
+        aggregator,
+        aggregator_options,
+        transport=transport,
+        granularity=granularity,
+        slots_per_rank=slots_per_rank,
+        nonfinite=nonfinite,
+        seed=seed,
+        direction_only=direction_only,
+    )
+    return install_bucket_moo_hook(ddp, options)
+
+
+def install_bucket_moo_hook(ddp: DistributedDataParallel, options: HookOptions) -> BucketMOOState:
+    """Registers the hook configured by a :class:`~lightning_bmoo.comm.HookOptions` record.
+
+    What :func:`register_bucket_moo_hook` and the strategy call.
+
+    Raises:
+        TypeError: if ``ddp`` is not a ``DistributedDataParallel`` model.
+        ValueError: if the transport cannot run on the model's device and backend, or an
+            option is undecided.
     """
     if not isinstance(ddp, DistributedDataParallel):
         raise TypeError(
@@ -51,7 +80,7 @@ def register_bucket_moo_hook(
             f"{type(ddp).__name__}."
         )
     if (
-        transport == "sharded"
+        options.transport == "sharded"
         and dist.get_backend(ddp.process_group) == "gloo"
         and any(p.is_cuda for p in ddp.parameters())
     ):
@@ -61,15 +90,11 @@ def register_bucket_moo_hook(
             "default), or transport='gather'."
         )
     state = BucketMOOState(
-        aggregator,
+        options,
         param_names={id(p): name for name, p in ddp.module.named_parameters()},
         process_group=ddp.process_group,
-        transport=transport,
-        granularity=granularity,
-        slots_per_rank=slots_per_rank,
-        nonfinite=nonfinite,
-        seed=seed,
-        aggregator_options=aggregator_options,
+        find_unused_parameters=bool(ddp.find_unused_parameters),
+        bucket_cap_bytes=getattr(ddp, "bucket_bytes_cap", None),
     )
     ddp.register_comm_hook(state, bucket_moo_hook)
     return state

@@ -8,8 +8,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-# Language names travel as fixed-width UTF-8 so that one all-gather carries the layout.
-MAX_LANGUAGE_BYTES = 64
+from ..vocabulary import MAX_LANGUAGE_BYTES, check_language_name
+
+# A slot message: slots per rank, step, slot index (int64 each), then the language name.
+_HEADER = 3 * 8
 
 
 @dataclass(frozen=True)
@@ -49,11 +51,7 @@ def encode_languages(languages: list[str]) -> Tensor:
     """Encodes language names as a ``len x MAX_LANGUAGE_BYTES`` uint8 tensor."""
     out = torch.zeros(len(languages), MAX_LANGUAGE_BYTES, dtype=torch.uint8)
     for i, language in enumerate(languages):
-        raw = language.encode("utf-8")
-        if not raw or len(raw) > MAX_LANGUAGE_BYTES:
-            raise ValueError(
-                f"Language names must be 1 to {MAX_LANGUAGE_BYTES} UTF-8 bytes, got {language!r}."
-            )
+        raw = check_language_name(language).encode("utf-8")
         out[i, : len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
     return out
 
@@ -64,26 +62,48 @@ def decode_languages(encoded: Tensor) -> list[str]:
 
 
 def exchange_slot(
-    language: str, slots_per_rank: int, group: dist.ProcessGroup | None, world_size: int
+    language: str,
+    *,
+    slots_per_rank: int,
+    step: int,
+    slot: int,
+    group: dist.ProcessGroup | None,
+    world_size: int,
 ) -> list[str]:
-    """All-gathers the language of every rank's current slot; raises if ranks disagree on K.
+    """All-gathers the language of every rank's current slot, with where each rank stands.
 
-    Called at the start of every backward pass, in one fixed-size message, so that ranks
-    configured with different K meet in the same collective and fail together in the first
-    backward, before DDP's own collectives could pair up with the wrong partner and hang.
+    Called at the start of every backward pass, in one fixed-size message (slots per rank,
+    step, slot index, language). Ranks configured with different K, or out of step because
+    one of them stepped the optimizer after a partial step, meet in this collective and raise
+    the same error together, before any gradient is combined with the wrong partner.
+
+    Raises:
+        RuntimeError: if the ranks disagree on K, or on the step or slot they are at.
     """
     if world_size == 1:
         return [language]
-    message = torch.zeros(1, 8 + MAX_LANGUAGE_BYTES, dtype=torch.uint8)
-    message[0, :8] = torch.tensor([slots_per_rank], dtype=torch.int64).view(torch.uint8)
-    message[:, 8:] = encode_languages([language])
+    message = torch.zeros(1, _HEADER + MAX_LANGUAGE_BYTES, dtype=torch.uint8)
+    header = torch.tensor([slots_per_rank, step, slot], dtype=torch.int64)
+    message[0, :_HEADER] = header.view(torch.uint8)
+    message[:, _HEADER:] = encode_languages([language])
     gathered = [torch.empty_like(message) for _ in range(world_size)]
     dist.all_gather(gathered, message, group=group)
     everything = torch.cat(gathered)
-    per_rank = everything[:, :8].contiguous().view(torch.int64).flatten().tolist()
+    headers = everything[:, :_HEADER].contiguous().view(torch.int64).tolist()
+    per_rank = [k for k, _, _ in headers]
     if len(set(per_rank)) != 1:
         raise RuntimeError(
             f"Ranks disagree on the number of slots (microbatches) per step: {per_rank}. "
             "Every rank must use the same slots_per_rank / accumulate_grad_batches."
         )
-    return decode_languages(everything[:, 8:])
+    positions = [(t, s) for _, t, s in headers]
+    if len(set(positions)) != 1:
+        where = ", ".join(f"rank {r}: step {t} slot {s}" for r, (t, s) in enumerate(positions))
+        raise RuntimeError(
+            f"Ranks are out of step in the bucket-MOO hook ({where}): some rank ran a different "
+            f"number of backward passes since the last complete step, e.g. it caught an "
+            f"exception mid-step and went on, or stepped the optimizer after fewer than "
+            f"{per_rank[0]} slots. Every rank must run exactly slots_per_rank backward passes "
+            "per optimizer step; restart from the last checkpoint."
+        )
+    return decode_languages(everything[:, _HEADER:])

@@ -1,12 +1,10 @@
-"""The bucket-MOO hook's state: configuration, the current step's slots, and statistics."""
+"""The DDP hook's state: slots kept apart per bucket, exchanged, solved and combined."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-import zlib
-from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -14,48 +12,14 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.futures import Future
 
-from ..aggregators import Aggregator, get_aggregator
-from .layout import MAX_LANGUAGE_BYTES, Layout, exchange_slot
+from ..aggregators import Aggregator
+from ..vocabulary import MAX_LANGUAGE_BYTES
+from .base import HookState
+from .layout import Layout
 from .linalg import combine_rows, row_gramian, task_gramian
+from .options import HookOptions
 from .stats import GroupStats, StepStats
-from .transports import TRANSPORTS, CommCounter, Exchange, open_channels
-
-GRANULARITIES = ("bucket", "parameter", "global")
-
-NONFINITE_POLICIES = ("drop", "propagate")
-
-
-def _check_choice(what: str, value: str, choices: tuple[str, ...] | list[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"Unknown {what} {value!r}. Valid values: {', '.join(choices)}.")
-    return value
-
-
-def check_hook_options(
-    aggregator: str | Aggregator,
-    aggregator_options: dict[str, Any] | None = None,
-    *,
-    transport: str = "sharded",
-    granularity: str = "bucket",
-    nonfinite: str = "drop",
-    slots_per_rank: int = 1,
-) -> Aggregator:
-    """Validates the hook's options without a process group; returns the aggregator.
-
-    Raises:
-        ValueError: naming the bad option and its valid values.
-    """
-    built = get_aggregator(aggregator, **(aggregator_options or {}))
-    _check_choice("transport", transport, list(TRANSPORTS))
-    _check_choice("granularity", granularity, GRANULARITIES)
-    _check_choice("nonfinite policy", nonfinite, NONFINITE_POLICIES)
-    if (
-        not isinstance(slots_per_rank, int)
-        or isinstance(slots_per_rank, bool)
-        or slots_per_rank < 1
-    ):
-        raise ValueError(f"slots_per_rank must be an int >= 1, got {slots_per_rank!r}.")
-    return built
+from .transports import TRANSPORTS, CommCounter, Exchange
 
 
 class _Segment:
@@ -70,18 +34,38 @@ class _Segment:
 class _Job:
     """One bucket of the last slot, from exchange to combined result."""
 
-    __slots__ = ("bucket", "exchange", "future", "gramians", "numel", "segments")
+    __slots__ = ("bucket", "exchange", "future", "gramians", "idle", "numel", "params", "segments")
 
-    def __init__(self, exchange: Exchange, segments: list[_Segment], bucket: Tensor) -> None:
+    def __init__(
+        self, exchange: Exchange, segments: list[_Segment], bucket: Tensor, params: list[Tensor]
+    ) -> None:
         self.exchange: Exchange | None = exchange
         self.segments = segments
         self.bucket = bucket
+        self.params = params
         self.numel = bucket.numel()
         self.gramians: Tensor | None = None  # (segments, T, T), summed over ranks
+        self.idle: list[bool] = []  # per parameter: zero in every rank's last slot
         self.future: Future = Future()
 
 
-class BucketMOOState:
+@dataclass
+class _Step:
+    """Scratch of the step in progress; replaced by a fresh one when the step completes."""
+
+    slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
+    layout: Layout | None = None
+    stats: StepStats | None = None
+    stash_rows: dict[tuple[int, ...], list[Tensor]] = field(default_factory=dict)
+    stash_params: dict[int, list[Tensor]] = field(default_factory=dict)
+    jobs: list[_Job] = field(default_factory=list)  # the last slot's buckets, in order
+    solved: int = 0  # how many jobs have their Gramians
+    counter: CommCounter = field(default_factory=CommCounter)
+    seconds: float = 0.0
+    bucket_calls: int = 0  # buckets seen in the current backward pass
+
+
+class BucketMOOState(HookState):
     """State of the bucket-MOO DDP communication hook.
 
     Create it with :func:`~lightning_bmoo.comm.register_bucket_moo_hook`. Before each backward
@@ -90,195 +74,111 @@ class BucketMOOState:
     and :attr:`last_step` describes it.
 
     Args:
-        aggregator: an aggregator name (see :func:`~lightning_bmoo.available_aggregators`) or
-            instance.
-        param_names: name of each parameter, by ``id(parameter)``; used for stable state keys
-            and statistics.
+        options: the hook's options (:class:`~lightning_bmoo.comm.HookOptions`).
         process_group: the group DDP reduces over (default: the world).
-        transport: ``"sharded"`` (all-to-all + all-gather, the traffic of an all-reduce) or
-            ``"gather"`` (all-gather every slot; simple, W/2 times the traffic).
-        granularity: ``"bucket"`` (one solve per DDP bucket), ``"parameter"`` (one per parameter
-            tensor) or ``"global"`` (one solve over the whole model, the classic MOO baseline).
-        slots_per_rank: K, the microbatches (backward passes) each rank runs per optimizer step.
-        nonfinite: ``"drop"`` removes a language whose gradient in a group has NaN/inf from that
-            group's solve, with a warning; ``"propagate"`` lets NaN/inf reach the gradients as
-            plain DDP would, so that AMP's GradScaler skips the step.
-        seed: seeds stochastic aggregators, per (step, group), identically on every rank.
-        aggregator_options: options passed to the aggregator's constructor.
+        param_names: name of each parameter, by ``id(parameter)``.
+        find_unused_parameters: whether DDP looks for parameters a backward pass does not use
+            (per-language heads or adapters). DDP leaves the ``.grad`` of a parameter that no
+            rank used in the *last* backward pass untouched, so with several slots the hook
+            then writes its update there itself.
+        bucket_cap_bytes: DDP's bucket size, recorded in checkpoints.
     """
 
     def __init__(
         self,
-        aggregator: str | Aggregator = "mgda",
+        options: HookOptions | str | Aggregator = "mgda",
         *,
-        param_names: dict[int, str] | None = None,
         process_group: dist.ProcessGroup | None = None,
-        transport: str = "sharded",
-        granularity: str = "bucket",
-        slots_per_rank: int = 1,
-        nonfinite: str = "drop",
-        seed: int = 0,
-        aggregator_options: dict[str, Any] | None = None,
+        param_names: dict[int, str] | None = None,
+        find_unused_parameters: bool = False,
+        bucket_cap_bytes: int | None = None,
+        **legacy: Any,
     ) -> None:
-        self.aggregator = check_hook_options(
-            aggregator,
-            aggregator_options,
-            transport=transport,
-            granularity=granularity,
-            nonfinite=nonfinite,
-            slots_per_rank=slots_per_rank,
-        )
-        self.granularity = granularity
-        self.nonfinite = nonfinite
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError(
-                "torch.distributed is not initialised: call dist.init_process_group (torchrun "
-                "or Lightning do this) before registering the bucket-MOO hook."
-            )
-        self.process_group = process_group
-        self.rank = dist.get_rank(process_group)
-        self.world_size = dist.get_world_size(process_group)
-        self.channels = open_channels(process_group)
-        self.transport = TRANSPORTS[transport](self.channels, self.rank, self.world_size)
-        self.slots_per_rank = slots_per_rank
-        self.seed = seed
-        self.param_names = dict(param_names or {})
-        if self.world_size * slots_per_rank < 2:
+        if not isinstance(options, HookOptions):
             warnings.warn(
-                "Bucket MOO with one slot per step (world size 1, slots_per_rank 1) sees one "
-                "language per step: every aggregator reduces to plain SGD. Use several ranks "
-                "or gradient accumulation with language-homogeneous microbatches.",
+                "BucketMOOState(aggregator, transport=..., ...) is deprecated: use "
+                "register_bucket_moo_hook(ddp, aggregator, ...), or pass "
+                "HookOptions.build(aggregator, ...).",
+                DeprecationWarning,
                 stacklevel=2,
             )
-        #: Index of the next optimizer step (counts completed steps).
-        self.step = 0
-        #: Statistics of the last completed step.
-        self.last_step: StepStats | None = None
-        self._warned_single_task = False
-        self._reset_step()
-
-    # -- the user's side -------------------------------------------------------------------
-
-    def set_slot(self, language: str) -> None:
-        """Declares the language of the microbatch whose backward pass comes next."""
-        if not isinstance(language, str) or not language:
-            raise ValueError(f"A slot's language must be a non-empty string, got {language!r}.")
-        self._language = language
-
-    @contextlib.contextmanager
-    def slot(self, language: str) -> Iterator[None]:
-        """Context manager around one microbatch's forward and backward: ``set_slot`` + check.
-
-        Raises:
-            RuntimeError: if no backward pass ran inside the block.
-        """
-        self.set_slot(language)
-        backwards = self._backwards
-        yield
-        if self._backwards == backwards:
-            raise RuntimeError(
-                f"No backward pass reached the bucket-MOO hook inside slot({language!r}). "
-                "Call loss.backward() inside the block, outside DDP's no_sync()."
-            )
+            options = HookOptions.build(options, **legacy)
+        elif legacy:
+            raise TypeError(f"Unexpected arguments {sorted(legacy)} with a HookOptions record.")
+        extra = {} if bucket_cap_bytes is None else {"bucket_cap_bytes": int(bucket_cap_bytes)}
+        super().__init__(
+            options, process_group=process_group, param_names=param_names, layout_extra=extra
+        )
+        self.transport = TRANSPORTS[self.options.transport](
+            self.channels, self.rank, self.world_size
+        )
+        # Only parameters some slot left unused need the repair, and only with several slots.
+        self._repair_idle = bool(find_unused_parameters) and self.slots_per_rank > 1
+        self._step = _Step()
 
     @property
     def slot_index(self) -> int:
         """Which microbatch of the current step the next backward pass is (0-based)."""
-        return len(self._slot_languages)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Step counter and aggregator state, for checkpoints."""
-        return {"step": self.step, "seed": self.seed, "aggregator": self.aggregator.state_dict()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restores :meth:`state_dict`'s output; call it between optimizer steps."""
-        if self._slot_languages:
-            raise RuntimeError("load_state_dict was called in the middle of a step.")
-        self.step = int(state_dict["step"])
-        self.seed = int(state_dict["seed"])
-        self.aggregator.load_state_dict(state_dict["aggregator"])
+        return len(self._step.slots)
 
     # -- the hook's side ---------------------------------------------------------------------
 
-    def _reset_step(self) -> None:
-        self._slot_languages: list[list[str]] = []  # per slot so far: every rank's language
-        self._language: str | None = None
-        self._layout: Layout | None = None
-        self._stats: StepStats | None = None
-        self._stash_rows: dict[tuple[int, ...], list[Tensor]] = {}
-        self._stash_params: dict[int, list[Tensor]] = {}
-        self._jobs: list[_Job] = []  # the last slot's buckets, in order
-        self._solved = 0  # how many of them have their Gramians
-        self._counter = CommCounter()
-        self._seconds = 0.0
-        self._backwards = getattr(self, "_backwards", 0)
-        self._bucket_calls = 0
-
     def on_bucket(self, bucket: dist.GradBucket) -> Future:
-        """Handles one DDP bucket; called by :func:`bucket_moo_hook`."""
+        """Handles one DDP bucket; called by :func:`~lightning_bmoo.comm.bucket_moo_hook`."""
         start = time.perf_counter()
-        if self._language is None:
-            raise RuntimeError(
-                "A backward pass reached the bucket-MOO hook without a language: call "
-                "state.set_slot(language) (or use `with state.slot(language):`) before each "
-                "microbatch's backward."
-            )
+        step = self._step
         buffer = bucket.buffer()
         params = bucket.parameters()
-        if self._bucket_calls == 0:
-            self._slot_languages.append(
-                exchange_slot(
-                    self._language, self.slots_per_rank, self.channels.control, self.world_size
-                )
-            )
+        if step.bucket_calls == 0:
+            step.slots.append(self._exchange_slot(len(step.slots)))
             if self.world_size > 1:
-                nbytes = (self.world_size - 1) * (8 + MAX_LANGUAGE_BYTES)
-                self._counter.add("layout", nbytes, nbytes)
-        self._bucket_calls += 1
-        if len(self._slot_languages) < self.slots_per_rank:
+                nbytes = (self.world_size - 1) * (24 + MAX_LANGUAGE_BYTES)
+                step.counter.add("layout", nbytes, nbytes)
+        step.bucket_calls += 1
+        if len(step.slots) < self.slots_per_rank:
             self._stash(params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
             future: Future = Future()
             future.set_result(buffer.zero_())
         else:
-            if self._layout is None:
-                self._begin_last_slot()
+            if step.layout is None:
+                step.layout, step.stats = self._begin_step_stats(step.slots)
             self._progress(final=False)
             rows = self._local_rows(params, buffer)
-            job = _Job(self.transport.exchange(rows, self._counter), self._segments(params), buffer)
-            self._jobs.append(job)
+            exchange = self.transport.exchange(rows, step.counter)
+            job = _Job(exchange, self._segments(params), buffer, params)
+            step.jobs.append(job)
             if bucket.is_last():
                 self._progress(final=True)
             future = job.future
-        self._seconds += time.perf_counter() - start
+        step.seconds += time.perf_counter() - start
         if bucket.is_last():
             self._end_backward()
         return future
 
     def _stash(self, params: list[Tensor], buffer: Tensor) -> None:
+        step = self._step
         copy = buffer.clone()
-        self._counter.allocate(copy.numel() * copy.element_size())
-        self._stash_rows.setdefault(tuple(map(id, params)), []).append(copy)
+        step.counter.allocate(copy.numel() * copy.element_size())
+        step.stash_rows.setdefault(tuple(map(id, params)), []).append(copy)
         offset = 0
         for p in params:
-            self._stash_params.setdefault(id(p), []).append(copy[offset : offset + p.numel()])
+            step.stash_params.setdefault(id(p), []).append(copy[offset : offset + p.numel()])
             offset += p.numel()
 
     def _local_rows(self, params: list[Tensor], buffer: Tensor) -> list[Tensor]:
         if self.slots_per_rank == 1:
             return [buffer]
-        earlier = self._stash_rows.get(tuple(map(id, params)))
+        step = self._step
+        earlier = step.stash_rows.get(tuple(map(id, params)))
         if earlier is None or len(earlier) != self.slots_per_rank - 1:
             # DDP rebuilt its buckets between slots (after the first iteration): reassemble
             # each earlier slot's rows for this bucket from the per-parameter views.
             earlier = [
-                torch.cat([self._stash_params[id(p)][k] for p in params])
+                torch.cat([step.stash_params[id(p)][k] for p in params])
                 for k in range(self.slots_per_rank - 1)
             ]
         return [*earlier, buffer]
-
-    def _name(self, p: Tensor) -> str:
-        return self.param_names.get(id(p), f"param@{id(p):x}")
 
     def _segments(self, params: list[Tensor]) -> list[_Segment]:
         names = [self._name(p) for p in params]
@@ -291,35 +191,43 @@ class BucketMOOState:
         key = names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
         return [_Segment(0, sum(p.numel() for p in params), key, names)]
 
-    def _begin_last_slot(self) -> None:
-        # Slot s of the step is microbatch s % K of rank s // K.
-        slots = [per_rank[r] for r in range(self.world_size) for per_rank in self._slot_languages]
-        self._layout = Layout.from_slots(slots)
-        T = len(self._layout.tasks)
-        if T < 2 and not self._warned_single_task:
-            self._warned_single_task = True
-            warnings.warn(
-                f"Step {self.step} has a single language {self._layout.tasks[0]!r} in all its "
-                "slots: MOO is a no-op for it. A LanguageBatchSampler gives every step "
-                "several languages.",
-                stacklevel=2,
-            )
-        self._stats = StepStats(step=self.step, layout=list(slots), tasks=list(self._layout.tasks))
+    def _partials(self, job: _Job) -> Tensor:
+        """This rank's share of the job's Gramians (and idle flags), as one flat vector.
 
-    def _partial_gramians(self, job: _Job) -> Tensor:
-        assert job.exchange is not None and self._layout is not None
+        ``S x T x T`` partial Gramians, then, when idle parameters are repaired, one number per
+        parameter: how many of this rank's exchanged last-slot elements of it are nonzero.
+        Summed over ranks by the transport, both arrive in one collective.
+        """
+        step = self._step
+        assert job.exchange is not None and step.layout is not None
         rows = job.exchange.rows()
         lo, hi = job.exchange.lo, job.exchange.hi
-        T = len(self._layout.tasks)
+        T = len(step.layout.tasks)
         out = torch.zeros(len(job.segments), T, T, dtype=torch.float64, device=rows.device)
-        averaging = self._layout.averaging.to(rows.device)
+        averaging = step.layout.averaging.to(rows.device)
         for i, seg in enumerate(job.segments):
             a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
             if b <= a:
                 continue
             gram = row_gramian(rows[:, a:b])
-            out[i] = gram if self._layout.identity else task_gramian(gram, averaging)
-        return out
+            out[i] = gram if step.layout.identity else task_gramian(gram, averaging)
+        parts = [out.flatten()]
+        if self._repair_idle:
+            parts.append(self._last_slot_activity(job, rows, lo, hi))
+        return torch.cat(parts)
+
+    def _last_slot_activity(self, job: _Job, rows: Tensor, lo: int, hi: int) -> Tensor:
+        K = self.slots_per_rank
+        last = rows[K - 1 :: K]  # every rank's last slot over [lo, hi)
+        nonzero = (last != 0).any(0).to(torch.float64)
+        counts = torch.zeros(len(job.params), dtype=torch.float64, device=rows.device)
+        offset = 0
+        for i, p in enumerate(job.params):
+            a, b = max(offset, lo) - lo, min(offset + p.numel(), hi) - lo
+            if b > a:
+                counts[i] = nonzero[a:b].sum()
+            offset += p.numel()
+        return counts
 
     def _progress(self, final: bool) -> None:
         """Solves and finishes, in bucket order, every bucket exchanged so far; global MOO
@@ -330,85 +238,62 @@ class BucketMOOState:
         the next bucket. (Letting more wait unsolved measured no faster on gloo, for one
         more bucket of memory each.)
         """
+        step = self._step
+        assert step.stats is not None and step.layout is not None
+        T = len(step.layout.tasks)
         scale = float(self.slots_per_rank) ** 2
-        for job in self._jobs[self._solved :]:
-            partial = self._partial_gramians(job)
-            job.gramians = self.transport.reduce(partial, self._counter).cpu() * scale
+        for job in step.jobs[step.solved :]:
+            summed = self.transport.reduce(self._partials(job), step.counter).cpu()
+            S = len(job.segments)
+            grams = summed[: S * T * T].view(S, T, T) * scale
+            # Partial products summed over ranks and chunks are symmetric only to rounding.
+            job.gramians = (grams + grams.transpose(1, 2)) / 2
+            job.idle = (summed[S * T * T :] == 0).tolist()
             if self.granularity != "global":
-                groups = [self._solve(g, seg) for g, seg in zip(job.gramians, job.segments)]
-                self._stats.groups.extend(groups)
+                groups = [
+                    self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
+                    for g, seg in zip(job.gramians, job.segments)
+                ]
+                step.stats.groups.extend(groups)
                 self._finish(job, [group.weights for group in groups])
-        self._solved = len(self._jobs)
+        step.solved = len(step.jobs)
         if final and self.granularity == "global":
             self._finish_global()
 
     def _finish_global(self) -> None:
-        assert self._stats is not None
-        total = torch.stack([job.gramians.sum(0) for job in self._jobs]).sum(0)
-        names = [n for job in self._jobs for seg in job.segments for n in seg.names]
-        numel = sum(job.numel for job in self._jobs)
-        solved = self._solve(total, _Segment(0, numel, "global", names))
-        self._stats.global_group = solved
-        for job in self._jobs:
+        step = self._step
+        assert step.stats is not None
+        total = torch.stack([job.gramians.sum(0) for job in step.jobs]).sum(0)
+        names = [n for job in step.jobs for seg in job.segments for n in seg.names]
+        numel = sum(job.numel for job in step.jobs)
+        solved = self._solve(total, step.stats, "global", numel, names)
+        step.stats.global_group = solved
+        for job in step.jobs:
             for gram, seg in zip(job.gramians, job.segments):
-                self._stats.groups.append(
+                step.stats.groups.append(
                     GroupStats(
-                        seg.key, seg.end - seg.start, gram, solved.active, solved.weights, seg.names
+                        seg.key,
+                        seg.end - seg.start,
+                        gram,
+                        solved.active,
+                        solved.weights,
+                        seg.names,
+                        fallback=solved.fallback,
+                        scale=solved.scale,
                     )
                 )
             self._finish(job, [solved.weights] * len(job.segments))
 
-    def _generator(self, key: str) -> torch.Generator | None:
-        if not self.aggregator.stochastic:
-            return None
-        mixed = self.seed * 0x9E3779B1 + self.step * 1_000_003 + zlib.crc32(key.encode())
-        return torch.Generator().manual_seed(mixed % (1 << 63))
-
-    def _solve(self, gram: Tensor, seg: _Segment) -> GroupStats:
-        """Weights for one group; returns them with the group's statistics."""
-        assert self._layout is not None and self._stats is not None
-        tasks = self._layout.tasks
-        T = len(tasks)
-        diag = gram.diagonal()
-        finite = torch.isfinite(diag)
-        weights = torch.zeros(T, dtype=torch.float64)
-        if not bool(finite.all()) and self.nonfinite == "propagate":
-            # Plain DDP's average: NaN/inf reach the gradients and GradScaler skips the step.
-            active = torch.ones(T, dtype=torch.bool)
-            weights.fill_(1.0 / T)
-        else:
-            if not bool(finite.all()):
-                bad = [tasks[t] for t in (~finite).nonzero().flatten().tolist()]
-                if not set(bad) <= self._stats.dropped:
-                    warnings.warn(
-                        f"Step {self.step}: non-finite gradients for {bad} in {seg.key!r}; "
-                        "dropping them from this group's solve (nonfinite='drop').",
-                        stacklevel=2,
-                    )
-                self._stats.dropped.update(bad)
-            # A task whose row is zero here (it never touches these parameters) takes no
-            # part: MGDA would otherwise pick the zero vector and freeze the group.
-            active = finite & (diag > 0)
-            index = active.nonzero().flatten()
-            if index.numel() > 0:
-                sub = gram[index][:, index]
-                weights[index] = self.aggregator(
-                    sub,
-                    tasks=[tasks[t] for t in index.tolist()],
-                    key=seg.key,
-                    generator=self._generator(seg.key),
-                )
-        return GroupStats(seg.key, seg.end - seg.start, gram, active, weights, seg.names)
-
     def _finish(self, job: _Job, weights: list[Tensor]) -> None:
-        assert job.exchange is not None and self._layout is not None
+        step = self._step
+        assert job.exchange is not None and step.layout is not None
         exchange, job.exchange = job.exchange, None
         rows = exchange.rows()
         lo, hi = exchange.lo, exchange.hi
-        self._counter.release(exchange.nbytes)
+        step.counter.release(exchange.nbytes)
         # Slot weights: task weight spread over the task's slots, times K so that the update
         # is a combination of raw microbatch gradients (Lightning divides the loss by K).
-        to_slots = self._layout.averaging.T * float(self.slots_per_rank)
+        to_slots = step.layout.averaging.T * float(self.slots_per_rank)
         slot_weights = [to_slots @ w for w in weights]
         segments = job.segments
 
@@ -418,7 +303,7 @@ class BucketMOOState:
                 if b > a:
                     combine_rows(rows[:, a:b], v, out[a:b])
 
-        result = self.transport.finish(combined, job.bucket, self._counter)
+        result = self.transport.finish(combined, job.bucket, step.counter)
         target = job.future
 
         def deliver(done: Future) -> None:
@@ -431,17 +316,45 @@ class BucketMOOState:
 
     def _end_backward(self) -> None:
         self._backwards += 1
-        self._bucket_calls = 0
+        step = self._step
+        step.bucket_calls = 0
         self._language = None
-        if len(self._slot_languages) < self.slots_per_rank:
+        if len(step.slots) < self.slots_per_rank:
             return
-        assert self._stats is not None
-        stats = self._stats
-        stats.bytes_sent = dict(self._counter.sent)
-        stats.bytes_received = dict(self._counter.received)
-        stats.collectives = dict(self._counter.collectives)
-        stats.hook_seconds = self._seconds
-        stats.peak_extra_bytes = self._counter.peak
+        stats = step.stats
+        assert stats is not None
+        if self._repair_idle and any(any(job.idle) for job in step.jobs):
+            # Runs when this backward pass ends (DDP's own finalizer is queued after it).
+            jobs = list(step.jobs)
+            torch.autograd.Variable._execution_engine.queue_callback(
+                lambda: _repair_idle_grads(jobs)
+            )
+        stats.bytes_sent = dict(step.counter.sent)
+        stats.bytes_received = dict(step.counter.received)
+        stats.collectives = dict(step.counter.collectives)
+        stats.hook_seconds = step.seconds
+        stats.peak_extra_bytes = step.counter.peak
         self.last_step = stats
         self.step += 1
-        self._reset_step()
+        self._step = _Step()
+
+
+def _repair_idle_grads(jobs: list[_Job]) -> None:
+    """Writes the update into the ``.grad`` of parameters no rank used in the last slot.
+
+    DDP copies a bucket's result into ``.grad`` only for parameters some rank used in the
+    backward pass that produced it; a per-language head used in an earlier slot keeps the
+    zeros the hook handed back for that slot. Parameters whose ``.grad`` is ``None`` were used
+    in no slot at all: their update is zero and they stay ``None``, as under plain DDP. For a
+    parameter that was used but had a zero gradient, DDP writes the same values.
+    """
+    for job in jobs:
+        if not any(job.idle):
+            continue
+        result = job.future.wait()
+        offset = 0
+        with torch.no_grad():
+            for p, idle in zip(job.params, job.idle):
+                if idle and p.grad is not None:
+                    p.grad.copy_(result[offset : offset + p.numel()].view(p.shape))
+                offset += p.numel()

@@ -22,6 +22,11 @@ class GroupStats:
             dropped as non-finite, did not).
         weights: the task weights applied (0 for inactive tasks); ``d = sum_t w_t row_t``.
         param_names: the parameters of the group, in bucket order.
+        fallback: why the aggregator's weights were replaced by the mean of the active tasks
+            (it raised or returned non-finite weights), or ``None``.
+        scale: the factor ``direction_only`` applied to the aggregator's weights (1.0 when
+            off): ``1 / scale`` is how long the aggregator's own update was relative to the
+            mean's.
     """
 
     key: str
@@ -30,6 +35,8 @@ class GroupStats:
     active: Tensor
     weights: Tensor
     param_names: list[str] = field(default_factory=list)
+    fallback: str | None = None
+    scale: float = 1.0
 
 
 @dataclass
@@ -52,6 +59,8 @@ class StepStats:
         peak_extra_bytes: most bytes of gradient-sized buffers the hook held at once beyond
             DDP's own buckets (exchange buffers, slot stash, padded shards).
         dropped: languages dropped from some group for non-finite gradients.
+        propagated: languages whose non-finite gradients reached the update
+            (``nonfinite="propagate"``).
     """
 
     step: int
@@ -65,6 +74,13 @@ class StepStats:
     hook_seconds: float = 0.0
     peak_extra_bytes: int = 0
     dropped: set[str] = field(default_factory=set)
+    propagated: set[str] = field(default_factory=set)
+
+    @property
+    def fallbacks(self) -> int:
+        """How many solves this step fell back to the mean because the aggregator failed."""
+        solves = [self.global_group] if self.global_group is not None else self.groups
+        return sum(group.fallback is not None for group in solves)
 
     def total_gramian(self) -> Tensor:
         """Sum of the groups' Gramians: the whole-model Gramian of the task gradients."""

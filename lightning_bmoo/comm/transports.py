@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
+from datetime import timedelta
 from typing import NamedTuple
 
 import torch
@@ -89,11 +90,33 @@ class Channels(NamedTuple):
     control: dist.ProcessGroup | None
 
 
-_SIDE_GROUPS: dict[tuple[int, ...], tuple[object, Channels]] = {}
+_SIDE_GROUPS: dict[tuple[tuple[int, ...], timedelta], tuple[object, Channels]] = {}
+
+
+def group_timeout(group: dist.ProcessGroup | None) -> timedelta:
+    """The timeout of ``group``'s collectives (the default group's when ``None``).
+
+    Read from the group's backends (what ``init_process_group(timeout=...)`` or
+    ``new_group(timeout=...)`` set); the backend's default when no backend says.
+    """
+    pg = group if group is not None else dist.distributed_c10d._get_default_group()
+    timeouts = []
+    for device in pg._device_types:
+        try:
+            timeouts.append(pg._get_backend(device).options._timeout)
+        except (AttributeError, RuntimeError):  # a backend without options (e.g. fake)
+            continue
+    if timeouts:
+        return min(timeouts)
+    return dist.distributed_c10d._get_default_timeout(dist.get_backend(pg))
 
 
 def open_channels(group: dist.ProcessGroup | None) -> Channels:
     """Returns the channels for DDP's ``group``, creating two side groups once per group.
+
+    The side groups get ``group``'s timeout, so that a stalled or dead rank makes every
+    collective of the hook fail within the timeout the user configured, as DDP's own do
+    (``dist.new_group`` would otherwise default to 30 minutes).
 
     Every rank of the default group must call this at the same point (as for any
     ``dist.new_group``); registering the hook does, on every rank.
@@ -101,12 +124,17 @@ def open_channels(group: dist.ProcessGroup | None) -> Channels:
     if dist.get_world_size(group) == 1:
         return Channels(group, group, group)
     ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
+    timeout = group_timeout(group)
     world = dist.distributed_c10d._get_default_group()
-    cached = _SIDE_GROUPS.get(ranks)
+    cached = _SIDE_GROUPS.get((ranks, timeout))
     # A cached pair belongs to a default group that may have been destroyed since.
     if cached is None or cached[0] is not world:
-        side = Channels(group, dist.new_group(list(ranks)), dist.new_group(list(ranks)))
-        _SIDE_GROUPS[ranks] = (world, side)
+        side = Channels(
+            group,
+            dist.new_group(list(ranks), timeout=timeout),
+            dist.new_group(list(ranks), timeout=timeout),
+        )
+        _SIDE_GROUPS[ranks, timeout] = (world, side)
         return side
     return Channels(group, cached[1].gather, cached[1].control)
 

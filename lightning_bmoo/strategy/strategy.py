@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import warnings
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -25,7 +26,7 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from ..aggregators import Aggregator
-from ..comm import BucketMOOState, check_hook_options, register_bucket_moo_hook
+from ..comm import BucketMOOState, HookOptions, install_bucket_moo_hook
 from ..data import LanguageBatchSampler, check_dataloader
 from .language import LanguageFn, batch_language, checked_language
 
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 #: Key of the hook's state in a Lightning checkpoint.
 CHECKPOINT_KEY = "bucket_moo"
-_CHECKPOINT_VERSION = 1
 
 # DDPStrategy arguments for other communication hooks; they would replace ours.
 _FOREIGN_HOOK_ARGS = (
@@ -69,6 +69,9 @@ class BucketMOOStrategy(DDPStrategy):
             GradScaler skips the step). ``None`` picks ``"propagate"`` when the precision plugin
             has a GradScaler (``16-mixed``), else ``"drop"``.
         seed: seed of stochastic aggregators (PCGrad), identical on every rank.
+        direction_only: rescale each group's update to the length of the ``mean`` update over
+            the same languages, so that the aggregator only chooses the direction (see
+            :class:`~lightning_bmoo.comm.HookOptions`).
         slots_per_rank: backward passes per optimizer step and rank, for manual optimization
             (default 1). Under automatic optimization it is ``accumulate_grad_batches``; leave it
             unset or equal.
@@ -105,6 +108,7 @@ class BucketMOOStrategy(DDPStrategy):
         granularity: str = "bucket",
         nonfinite: str | None = None,
         seed: int = 0,
+        direction_only: bool = False,
         slots_per_rank: int | None = None,
         language_fn: LanguageFn | None = None,
         language_key: str = "language",
@@ -126,13 +130,16 @@ class BucketMOOStrategy(DDPStrategy):
                 f"{foreign}. Use lightning's DDPStrategy for other hooks."
             )
         # Fail at construction, not minutes later when the hook registers on every rank.
-        check_hook_options(
+        # slots_per_rank and nonfinite stay None until the trainer decides them.
+        self._options = HookOptions.build(
             aggregator,
             aggregator_options,
             transport=transport,
             granularity=granularity,
-            nonfinite="drop" if nonfinite is None else nonfinite,
-            slots_per_rank=1 if slots_per_rank is None else slots_per_rank,
+            nonfinite=nonfinite,
+            seed=seed,
+            direction_only=direction_only,
+            slots_per_rank=slots_per_rank,
         )
         if language_fn is not None and not callable(language_fn):
             raise TypeError(f"language_fn must be callable, got {type(language_fn).__name__}.")
@@ -147,16 +154,9 @@ class BucketMOOStrategy(DDPStrategy):
             start_method=start_method,
             **kwargs,
         )
-        self._aggregator = aggregator
-        self._aggregator_options = dict(aggregator_options or {})
-        self._transport = transport
-        self._granularity = granularity
-        self._nonfinite = nonfinite
-        self._seed = seed
-        self._slots_per_rank = slots_per_rank
         self._language_fn = language_fn
         self._language_key = language_key
-        self._bmoo_state: BucketMOOState | None = None
+        self._hook_state: BucketMOOState | None = None
         self._pending_checkpoint: dict[str, Any] | None = None
         self._resuming = False
         self._steps_seen = 0
@@ -166,9 +166,24 @@ class BucketMOOStrategy(DDPStrategy):
     # -- public ----------------------------------------------------------------------------
 
     @property
-    def bmoo_state(self) -> BucketMOOState | None:
+    def options(self) -> HookOptions:
+        """The hook's options as configured (``slots_per_rank``/``nonfinite`` may be undecided)."""
+        return self._options
+
+    @property
+    def hook_state(self) -> BucketMOOState | None:
         """The hook's state while fitting (``last_step`` holds the last step's statistics)."""
-        return self._bmoo_state
+        return self._hook_state
+
+    @property
+    def bmoo_state(self) -> BucketMOOState | None:
+        """Deprecated name of :attr:`hook_state`."""
+        warnings.warn(
+            "BucketMOOStrategy.bmoo_state is deprecated: use hook_state.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self._hook_state
 
     def language_of(self, batch: Any) -> str:
         """Returns the language of a training batch, as the strategy declares it to the hook.
@@ -182,40 +197,19 @@ class BucketMOOStrategy(DDPStrategy):
 
     def hook_state_dict(self) -> dict[str, Any]:
         """The hook's state as saved under ``checkpoint["bucket_moo"]``."""
-        state = self._require_state()
-        return {
-            "version": _CHECKPOINT_VERSION,
-            "aggregator": state.aggregator.name,
-            "slots_per_rank": state.slots_per_rank,
-            "world_size": state.world_size,
-            "state": state.state_dict(),
-        }
+        return self._require_state().state_dict()
 
     def load_hook_state_dict(self, saved: dict[str, Any]) -> None:
-        """Restores :meth:`hook_state_dict`'s output into the registered hook."""
+        """Restores :meth:`hook_state_dict`'s output into the registered hook.
+
+        Differences between the checkpoint's settings and today's warn once (on rank 0).
+        """
         state = self._require_state()
-        if saved.get("version") != _CHECKPOINT_VERSION:
-            raise ValueError(
-                f"Unsupported bucket-MOO checkpoint version {saved.get('version')!r} "
-                f"(this lightning_bmoo reads {_CHECKPOINT_VERSION})."
-            )
-        if saved["aggregator"] != state.aggregator.name:
-            rank_zero_warn(
-                f"The checkpoint's bucket-MOO state is for aggregator {saved['aggregator']!r}, "
-                f"the strategy uses {state.aggregator.name!r}: only the step counter is restored."
-            )
-            state.step = int(saved["state"]["step"])
-        else:
-            state.load_state_dict(saved["state"])
-        if (saved["slots_per_rank"], saved["world_size"]) != (
-            state.slots_per_rank,
-            state.world_size,
-        ):
-            rank_zero_warn(
-                f"Resuming with {state.world_size} ranks x {state.slots_per_rank} slots from a "
-                f"checkpoint of {saved['world_size']} x {saved['slots_per_rank']}: each step's "
-                "solve now sees a different set of slots, so the run is not an exact continuation."
-            )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            state.load_state_dict(saved)
+        for warning in caught:
+            rank_zero_warn(str(warning.message))
         self._steps_seen = state.step
 
     # -- setup -----------------------------------------------------------------------------
@@ -233,16 +227,12 @@ class BucketMOOStrategy(DDPStrategy):
         assert isinstance(self.model, DistributedDataParallel)
         module = self.lightning_module
         assert module is not None
-        self._bmoo_state = register_bucket_moo_hook(
-            self.model,
-            self._aggregator,
-            transport=self._transport,
-            granularity=self._granularity,
+        options = self._options.replace(
             slots_per_rank=self._resolve_slots_per_rank(module),
             nonfinite=self._resolve_nonfinite(),
-            seed=self._seed,
-            aggregator_options=self._aggregator_options,
         )
+        self._hook_state = install_bucket_moo_hook(self.model, options)
+        self._hook_state.expect_scaler = self._scaler() is not None
         self._steps_seen = 0
         pending, self._pending_checkpoint = self._pending_checkpoint, None
         if pending is not None:
@@ -255,32 +245,43 @@ class BucketMOOStrategy(DDPStrategy):
 
     def _resolve_slots_per_rank(self, module: pl.LightningModule) -> int:
         accumulate = module.trainer.accumulate_grad_batches
+        configured = self._options.slots_per_rank
         if not module.automatic_optimization:
-            return self._slots_per_rank or 1
-        if self._slots_per_rank not in (None, accumulate):
+            return configured or 1
+        if configured not in (None, accumulate):
             raise ValueError(
-                f"BucketMOOStrategy(slots_per_rank={self._slots_per_rank}) disagrees with "
+                f"BucketMOOStrategy(slots_per_rank={configured}) disagrees with "
                 f"Trainer(accumulate_grad_batches={accumulate}). Under automatic optimization "
                 "each accumulated microbatch is a slot: leave slots_per_rank unset."
             )
         return accumulate
 
+    def _scaler(self) -> Any:
+        return getattr(self.precision_plugin, "scaler", None)
+
     def _resolve_nonfinite(self) -> str:
-        scaler = getattr(self.precision_plugin, "scaler", None)
-        if self._nonfinite is None:
+        scaler = self._scaler()
+        configured = self._options.nonfinite
+        if configured is None:
             return "propagate" if scaler is not None else "drop"
-        if self._nonfinite == "drop" and scaler is not None:
+        if configured == "drop" and scaler is not None:
             rank_zero_warn(
                 "nonfinite='drop' with a GradScaler: overflowing languages are dropped instead of "
                 "reaching the scaler, so the loss scale never backs off. nonfinite='propagate' "
                 "(the default under 16-mixed) lets the scaler skip those steps."
             )
-        return self._nonfinite
+        if configured == "propagate" and scaler is None:
+            rank_zero_warn(
+                "nonfinite='propagate' without a GradScaler: a NaN/inf gradient would reach the "
+                "optimizer and the weights. It is meant for precision='16-mixed'; leave "
+                "nonfinite unset (or 'drop') otherwise."
+            )
+        return configured
 
     @override
     def on_train_start(self) -> None:
         super().on_train_start()
-        if self._bmoo_state is None:
+        if self._hook_state is None:
             return
         module = self.lightning_module
         assert module is not None
@@ -339,10 +340,10 @@ class BucketMOOStrategy(DDPStrategy):
 
     @override
     def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        if self._bmoo_state is not None:
+        if self._hook_state is not None:
             batch = kwargs["batch"] if "batch" in kwargs else args[0]
             # Declared before the step runs, so that automatic and manual backwards see it.
-            self._bmoo_state.set_slot(self.language_of(batch))
+            self._hook_state.set_slot(self.language_of(batch))
         return super().training_step(*args, **kwargs)
 
     @override
@@ -353,7 +354,7 @@ class BucketMOOStrategy(DDPStrategy):
         model: pl.LightningModule | torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> Any:
-        if self._bmoo_state is None:
+        if self._hook_state is None:
             return super().optimizer_step(optimizer, closure, model, **kwargs)
 
         def closure_then_check() -> Any:
@@ -395,10 +396,10 @@ class BucketMOOStrategy(DDPStrategy):
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
         # Weights-only checkpoints carry no optimizer state, so no hook state either.
-        if self._bmoo_state is not None and "optimizer_states" in checkpoint:
-            if self._bmoo_state.slot_index != 0:
+        if self._hook_state is not None and "optimizer_states" in checkpoint:
+            if self._hook_state.slot_index != 0:
                 rank_zero_warn(
-                    f"Checkpoint saved after {self._bmoo_state.slot_index} slots of a "
+                    f"Checkpoint saved after {self._hook_state.slot_index} slots of a "
                     "bucket-MOO step: those slots' gradients are not saved. Save between "
                     "optimizer steps (ModelCheckpoint does)."
                 )
@@ -445,11 +446,11 @@ class BucketMOOStrategy(DDPStrategy):
             _destroy_process_group_at_exit()
 
     def _require_state(self) -> BucketMOOState:
-        if self._bmoo_state is None:
+        if self._hook_state is None:
             raise RuntimeError(
                 "The bucket-MOO hook is registered when fitting starts (configure_ddp)."
             )
-        return self._bmoo_state
+        return self._hook_state
 
     # -- registry --------------------------------------------------------------------------
 

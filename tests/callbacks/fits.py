@@ -52,7 +52,7 @@ class Capture(pl.Callback):
                 }
             )
         self.batches = []
-        state = trainer.strategy.bmoo_state
+        state = trainer.strategy.hook_state
         self.steps.append(
             {
                 "global_step": trainer.global_step + 1,  # as logged after the step

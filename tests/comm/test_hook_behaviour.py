@@ -244,7 +244,8 @@ def test_state_dict_round_trip_continues_identically():
         return straight["state"]
 
     state = run_distributed(run, 2)[0]
-    assert state["step"] == 4 and state["aggregator"]["state"]
+    assert state["step"] == 4 and state["aggregator_state"]["state"]
+    assert state["options"]["aggregator"] == "gradvac" and state["version"] == 2
 
 
 TORCHRUN_SCRIPT = """

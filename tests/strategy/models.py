@@ -174,7 +174,7 @@ class Recorder(pl.Callback):
         self.scales: list[float] = []
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
-        state = getattr(trainer.strategy, "bmoo_state", None)
+        state = getattr(trainer.strategy, "hook_state", None)
         if state is None or state.last_step is None:
             return
         self.layouts.append(state.last_step.layout)
@@ -192,7 +192,7 @@ class Recorder(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         model = trainer.strategy.model
-        state = getattr(trainer.strategy, "bmoo_state", None)
+        state = getattr(trainer.strategy, "hook_state", None)
         record = {
             "params": [p.detach().clone() for p in pl_module.parameters()],
             "global_step": trainer.global_step,
@@ -212,3 +212,65 @@ class Recorder(pl.Callback):
             "scales": self.scales,
         }
         torch.save(record, os.path.join(self.out_dir, f"rank{trainer.global_rank}.pt"))
+
+
+class HeadsModel(pl.LightningModule):
+    """One head per language (tests/comm/heads.py) trained at lr 0: every step's gradient
+    is taken at the initial weights, so it can be compared with a one-process reference."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from ..comm.heads import Heads
+
+        self.net = Heads()
+
+    def setup(self, stage: str) -> None:
+        torch.set_num_threads(1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        return functional.mse_loss(self.net(batch["x"], batch["language"]), batch["y"])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class PlannedData(pl.LightningDataModule):
+    """Serves each rank its slots of a fixed list of step layouts (``W * K`` languages each)."""
+
+    def __init__(self, layouts: list[list[str]], slots_per_rank: int) -> None:
+        super().__init__()
+        self.layouts, self.slots_per_rank = layouts, slots_per_rank
+
+    def train_dataloader(self) -> DataLoader:
+        from ..comm.workload import batch
+
+        K, rank = self.slots_per_rank, self.trainer.global_rank
+        batches = []
+        for step, layout in enumerate(self.layouts):
+            for k in range(K):
+                language = layout[rank * K + k]
+                x, y = batch(language, step, k)
+                batches.append({"x": x, "y": y, "language": language})
+        return DataLoader(batches, batch_size=None)
+
+
+class GradRecorder(pl.Callback):
+    """Writes every step's gradients and groups to ``out_dir/grads{rank}.pt``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+        self.steps: list[Any] = []
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        state = trainer.strategy.hook_state
+        grads = {
+            n: None if p.grad is None else p.grad.detach().clone()
+            for n, p in pl_module.net.named_parameters()
+        }
+        groups = [
+            (g.key, [n.removeprefix("net.") for n in g.param_names]) for g in state.last_step.groups
+        ]
+        self.steps.append((grads, groups))
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        torch.save(self.steps, os.path.join(self.out_dir, f"grads{trainer.global_rank}.pt"))

@@ -33,7 +33,7 @@ def test_trainer_builds_the_strategy_by_name(name, start_method, find_unused):
     assert type(strategy) is BucketMOOStrategy
     assert strategy._start_method == start_method
     assert strategy._ddp_kwargs.get("find_unused_parameters") == find_unused
-    assert strategy.bmoo_state is None  # registered when fitting starts
+    assert strategy.hook_state is None  # registered when fitting starts
 
 
 @pytest.mark.parametrize(
@@ -64,7 +64,10 @@ def test_options_reach_ddp_and_the_hook_arguments():
         static_graph=True,
     )
     assert strategy._ddp_kwargs == {"bucket_cap_mb": 5, "static_graph": True}
-    assert (strategy._transport, strategy._granularity) == ("gather", "parameter")
+    options = strategy.options
+    assert (options.transport, options.granularity) == ("gather", "parameter")
+    assert options.aggregator.name == "cagrad" and options.aggregator.c == 0.2
+    assert (options.slots_per_rank, options.nonfinite) == (None, None)  # decided at fit
 
 
 @pytest.mark.parametrize(
@@ -134,6 +137,7 @@ def test_lightning_cli_builds_the_strategy_from_yaml(tmp_path, monkeypatch):
     )
     strategy = cli.trainer.strategy
     assert isinstance(strategy, BucketMOOStrategy)
-    assert (strategy._aggregator, strategy._transport, strategy._seed) == ("pcgrad", "gather", 3)
+    options = strategy.options
+    assert (options.aggregator.name, options.transport, options.seed) == ("pcgrad", "gather", 3)
     # jsonargparse also passes DDP's other arguments, with their defaults.
     assert strategy._ddp_kwargs["bucket_cap_mb"] == 5

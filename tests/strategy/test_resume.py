@@ -52,9 +52,11 @@ def _straight_then_resumed(tmp_path, aggregator, granularity, K):
 )
 def test_resumed_run_equals_uninterrupted_run(tmp_path, aggregator, granularity):
     straight, resumed, saved = _straight_then_resumed(tmp_path, aggregator, granularity, K=2)
-    assert saved["aggregator"] == aggregator
-    assert saved["state"]["step"] == STEPS_PER_EPOCH
-    assert (saved["slots_per_rank"], saved["world_size"]) == (2, 2)
+    assert saved["options"]["aggregator"] == aggregator
+    assert saved["options"]["granularity"] == granularity
+    assert saved["step"] == STEPS_PER_EPOCH
+    assert (saved["options"]["slots_per_rank"], saved["world_size"]) == (2, 2)
+    assert saved["layout_extra"] == {"bucket_cap_bytes": 1048}
     assert resumed[0]["hook_step"] == straight[0]["hook_step"] == 2 * STEPS_PER_EPOCH
     assert resumed[0]["layouts"] == straight[0]["layouts"][STEPS_PER_EPOCH:]
     assert_params_equal(resumed[0]["params"], straight[0]["params"])
