@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..aggregators import Aggregator
 from ..vocabulary import check_language_name
@@ -25,7 +27,7 @@ from .layout import Layout, exchange_slot
 from .options import HookOptions
 from .solve import solve_group
 from .stats import GroupStats, StepStats
-from .transports import Channels, open_channels
+from .transports import Channels, group_timeout, open_channels
 
 #: Version of :meth:`HookState.state_dict`'s envelope.
 STATE_VERSION = 2
@@ -85,6 +87,13 @@ class HookState:
         self._language: str | None = None
         self._backwards = 0  # backward passes that reached the hook, ever
         self._warned: set[str] = set()
+        # Optimizer steps over these parameters, counted by a global post-step hook: plain
+        # torch code calls optimizer.step() itself, and a rank that steps after a partial step
+        # must be caught by every rank at the next slot exchange.
+        self._optimizer_steps = 0
+        self._optimizers: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        handle = register_optimizer_step_post_hook(_step_counter(weakref.ref(self)))
+        weakref.finalize(self, handle.remove)
 
     # -- options, read-only ------------------------------------------------------------------
 
@@ -221,6 +230,7 @@ class HookState:
             slots_per_rank=self.slots_per_rank,
             step=self.step,
             slot=slot,
+            optimizer_steps=self._optimizer_steps,
             group=self.channels.control,
             world_size=self.world_size,
         )
@@ -288,6 +298,26 @@ class HookState:
             scale=solution.scale,
         )
 
+    def _collective_failed(self, error: Exception, slot: int) -> RuntimeError:
+        """The error to raise when a collective of the hook fails (a peer stalled or died)."""
+        timeout = group_timeout(self.process_group)
+        return RuntimeError(
+            f"Rank {self.rank}: a collective of the bucket-MOO hook failed at step {self.step}, "
+            f"slot {slot} ({error}). Another rank stalled for longer "
+            f"than the process group's timeout ({timeout}), died, or stopped calling backward "
+            "in step with this one; its own log tells which. The process group can no longer "
+            "be trusted: restart from the last checkpoint (the timeout is "
+            "init_process_group(timeout=...) or BucketMOOStrategy(timeout=...))."
+        )
+
+    def _optimizer_stepped(self, optimizer: Any) -> None:
+        ours = self._optimizers.get(optimizer)
+        if ours is None:
+            ids = {id(p) for group in optimizer.param_groups for p in group["params"]}
+            ours = self._optimizers[optimizer] = not ids.isdisjoint(self.param_names)
+        if ours:
+            self._optimizer_steps += 1
+
     def _generator(self, key: str) -> torch.Generator | None:
         if not self.aggregator.stochastic:
             return None
@@ -301,6 +331,15 @@ class HookState:
         if kind not in self._warned:
             self._warned.add(kind)
             warnings.warn(message, stacklevel=3)
+
+
+def _step_counter(ref: weakref.ReferenceType[HookState]) -> Any:
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        state = ref()
+        if state is not None:
+            state._optimizer_stepped(optimizer)
+
+    return hook
 
 
 def _upgrade(saved: dict[str, Any]) -> dict[str, Any]:

@@ -9,9 +9,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..vocabulary import MAX_LANGUAGE_BYTES, check_language_name
+from .transports import peers
 
-# A slot message: slots per rank, step, slot index (int64 each), then the language name.
-_HEADER = 3 * 8
+# A slot message: slots per rank, step, slot, optimizer steps (int64 each), then the name.
+_HEADER = 4 * 8
+#: Bytes each rank sends per backward pass to announce its slot.
+SLOT_MESSAGE_BYTES = _HEADER + MAX_LANGUAGE_BYTES
 
 
 @dataclass(frozen=True)
@@ -67,43 +70,49 @@ def exchange_slot(
     slots_per_rank: int,
     step: int,
     slot: int,
+    optimizer_steps: int,
     group: dist.ProcessGroup | None,
     world_size: int,
 ) -> list[str]:
     """All-gathers the language of every rank's current slot, with where each rank stands.
 
     Called at the start of every backward pass, in one fixed-size message (slots per rank,
-    step, slot index, language). Ranks configured with different K, or out of step because
-    one of them stepped the optimizer after a partial step, meet in this collective and raise
-    the same error together, before any gradient is combined with the wrong partner.
+    the hook's step and slot, the optimizer steps taken, the language). Ranks configured with
+    different K, or out of step because one of them stepped the optimizer after a partial
+    step, meet in this collective and raise the same error together, before any gradient is
+    combined with the wrong partner.
 
     Raises:
-        RuntimeError: if the ranks disagree on K, or on the step or slot they are at.
+        RuntimeError: if the ranks disagree on K, or on where they are in the step.
     """
     if world_size == 1:
         return [language]
-    message = torch.zeros(1, _HEADER + MAX_LANGUAGE_BYTES, dtype=torch.uint8)
-    header = torch.tensor([slots_per_rank, step, slot], dtype=torch.int64)
+    message = torch.zeros(1, SLOT_MESSAGE_BYTES, dtype=torch.uint8)
+    header = torch.tensor([slots_per_rank, step, slot, optimizer_steps], dtype=torch.int64)
     message[0, :_HEADER] = header.view(torch.uint8)
     message[:, _HEADER:] = encode_languages([language])
     gathered = [torch.empty_like(message) for _ in range(world_size)]
-    dist.all_gather(gathered, message, group=group)
+    with peers():
+        dist.all_gather(gathered, message, group=group)
     everything = torch.cat(gathered)
     headers = everything[:, :_HEADER].contiguous().view(torch.int64).tolist()
-    per_rank = [k for k, _, _ in headers]
+    per_rank = [k for k, *_ in headers]
     if len(set(per_rank)) != 1:
         raise RuntimeError(
             f"Ranks disagree on the number of slots (microbatches) per step: {per_rank}. "
             "Every rank must use the same slots_per_rank / accumulate_grad_batches."
         )
-    positions = [(t, s) for _, t, s in headers]
+    positions = [tuple(position) for _, *position in headers]
     if len(set(positions)) != 1:
-        where = ", ".join(f"rank {r}: step {t} slot {s}" for r, (t, s) in enumerate(positions))
+        where = ", ".join(
+            f"rank {r}: step {t} slot {s} after {o} optimizer step(s)"
+            for r, (t, s, o) in enumerate(positions)
+        )
         raise RuntimeError(
-            f"Ranks are out of step in the bucket-MOO hook ({where}): some rank ran a different "
-            f"number of backward passes since the last complete step, e.g. it caught an "
-            f"exception mid-step and went on, or stepped the optimizer after fewer than "
-            f"{per_rank[0]} slots. Every rank must run exactly slots_per_rank backward passes "
-            "per optimizer step; restart from the last checkpoint."
+            f"Ranks are out of step in the bucket-MOO hook ({where}). A rank stepped the "
+            f"optimizer after fewer than {per_rank[0]} backward passes, or ran a different "
+            "number of them (e.g. it caught an exception mid-step and went on). Every rank must "
+            f"run exactly {per_rank[0]} backward passes per optimizer step; restart from the "
+            "last checkpoint."
         )
     return decode_languages(everything[:, _HEADER:])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -13,13 +14,12 @@ from torch import Tensor
 from torch.futures import Future
 
 from ..aggregators import Aggregator
-from ..vocabulary import MAX_LANGUAGE_BYTES
 from .base import HookState
-from .layout import Layout
+from .layout import SLOT_MESSAGE_BYTES, Layout
 from .linalg import combine_rows, row_gramian, task_gramian
 from .options import HookOptions
 from .stats import GroupStats, StepStats
-from .transports import TRANSPORTS, CommCounter, Exchange
+from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, peers
 
 
 class _Segment:
@@ -124,7 +124,18 @@ class BucketMOOState(HookState):
     # -- the hook's side ---------------------------------------------------------------------
 
     def on_bucket(self, bucket: dist.GradBucket) -> Future:
-        """Handles one DDP bucket; called by :func:`~lightning_bmoo.comm.bucket_moo_hook`."""
+        """Handles one DDP bucket; called by :func:`~lightning_bmoo.comm.bucket_moo_hook`.
+
+        Raises:
+            RuntimeError: when a collective fails (another rank stalled past the timeout or
+                died), or the ranks are out of step.
+        """
+        try:
+            return self._on_bucket(bucket)
+        except PeerError as error:
+            raise self._collective_failed(error, len(self._step.slots)) from error
+
+    def _on_bucket(self, bucket: dist.GradBucket) -> Future:
         start = time.perf_counter()
         step = self._step
         buffer = bucket.buffer()
@@ -132,7 +143,7 @@ class BucketMOOState(HookState):
         if step.bucket_calls == 0:
             step.slots.append(self._exchange_slot(len(step.slots)))
             if self.world_size > 1:
-                nbytes = (self.world_size - 1) * (24 + MAX_LANGUAGE_BYTES)
+                nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
                 step.counter.add("layout", nbytes, nbytes)
         step.bucket_calls += 1
         if len(step.slots) < self.slots_per_rank:
@@ -305,12 +316,16 @@ class BucketMOOState(HookState):
 
         result = self.transport.finish(combined, job.bucket, step.counter)
         target = job.future
+        failed = functools.partial(self._collective_failed, slot=len(step.slots) - 1)
 
         def deliver(done: Future) -> None:
             try:
-                target.set_result(done.value())
-            except Exception as error:  # surfaces in DDP's wait instead of a hang
-                target.set_exception(error)
+                with peers():
+                    value = done.value()
+            except PeerError as error:  # surfaces in DDP's wait instead of a hang
+                target.set_exception(failed(error))
+            else:
+                target.set_result(value)
 
         result.add_done_callback(deliver)
 

@@ -8,9 +8,10 @@ algorithms for all-reduce and all-gather, and direct sends for all-to-all.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -48,6 +49,21 @@ class CommCounter:
         self.live -= nbytes
 
 
+class PeerError(RuntimeError):
+    """A collective failed: another rank stalled past the group's timeout, died or left."""
+
+
+@contextlib.contextmanager
+def peers() -> Iterator[None]:
+    """Turns the error of a collective inside the block into a :class:`PeerError`."""
+    try:
+        yield
+    except PeerError:
+        raise
+    except RuntimeError as error:  # gloo/NCCL report timeouts and lost peers as RuntimeError
+        raise PeerError(f"{type(error).__name__}: {error}") from error
+
+
 def _completed(value: Tensor) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -70,7 +86,8 @@ class Exchange:
     def rows(self) -> Tensor:
         """Waits for the exchange and returns the ``WK x (hi - lo)`` rows."""
         if self._work is not None:
-            self._work.wait()
+            with peers():
+                self._work.wait()
             self._work = None
         return self._rows
 
@@ -193,7 +210,8 @@ class GatherTransport(Transport):
         K, n, like = len(slots), slots[0].numel(), slots[0]
         send = slots[0] if K == 1 else torch.cat(slots)
         out = torch.empty(self.world_size * K * n, dtype=like.dtype, device=like.device)
-        work = dist.all_gather_single(out, send, group=self.group, async_op=True)
+        with peers():
+            work = dist.all_gather_single(out, send, group=self.group, async_op=True)
         size = like.element_size()
         counter.add(
             "all_gather", (self.world_size - 1) * K * n * size, (self.world_size - 1) * K * n * size
@@ -241,14 +259,15 @@ class ShardedTransport(Transport):
                 [row[j * chunk : j * chunk + s] for j, s in enumerate(sizes) for row in slots]
             )
         out = torch.empty(self.world_size * K * m, dtype=like.dtype, device=like.device)
-        work = dist.all_to_all_single(
-            out,
-            send,
-            output_split_sizes=[K * m] * self.world_size,
-            input_split_sizes=[K * s for s in sizes],
-            group=self.group,
-            async_op=True,
-        )
+        with peers():
+            work = dist.all_to_all_single(
+                out,
+                send,
+                output_split_sizes=[K * m] * self.world_size,
+                input_split_sizes=[K * s for s in sizes],
+                group=self.group,
+                async_op=True,
+            )
         size = like.element_size()
         counter.add("all_to_all", (K * n - K * m) * size, (self.world_size - 1) * K * m * size)
         allocated = (out.numel() + (send.numel() if K > 1 else 0)) * size
@@ -258,7 +277,8 @@ class ShardedTransport(Transport):
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         if self.world_size == 1:
             return partial
-        dist.all_reduce(partial, group=self.channels.control)
+        with peers():
+            dist.all_reduce(partial, group=self.channels.control)
         nbytes = 2 * (self.world_size - 1) * partial.numel() * partial.element_size()
         counter.add("all_reduce", nbytes // self.world_size, nbytes // self.world_size)
         return partial
@@ -283,7 +303,8 @@ class ShardedTransport(Transport):
             mine[sizes[self.rank] :].zero_()
             combined(mine[: sizes[self.rank]])
             out = torch.empty(self.world_size * chunk, dtype=bucket.dtype, device=bucket.device)
-        work = dist.all_gather_single(out, mine, group=self.channels.gather, async_op=True)
+        with peers():
+            work = dist.all_gather_single(out, mine, group=self.channels.gather, async_op=True)
         size = bucket.element_size()
         counter.add(
             "all_gather", (self.world_size - 1) * chunk * size, (self.world_size - 1) * chunk * size

@@ -5,6 +5,8 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import signal
+import sys
 import warnings
 from collections.abc import Callable, Generator
 from contextlib import contextmanager
@@ -19,6 +21,7 @@ from lightning.fabric.plugins.collectives.torch_collective import default_pg_tim
 from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
@@ -32,6 +35,8 @@ from .language import LanguageFn, batch_language, checked_language
 
 if TYPE_CHECKING:
     from lightning.fabric.strategies.registry import _StrategyRegistry
+
+_SIGKILL = signal.SIGTERM if sys.platform == "win32" else signal.SIGKILL
 
 #: Key of the hook's state in a Lightning checkpoint.
 CHECKPOINT_KEY = "bucket_moo"
@@ -423,6 +428,11 @@ class BucketMOOStrategy(DDPStrategy):
         # Other ranks may be stuck in a collective or gone: teardown must not wait for them.
         self._failed = True
         super().on_exception(exception)
+        # Lightning's script launcher leaves the ranks it started running when this process
+        # fails: a stalled one would outlive it, holding its devices. Stop them, as torchrun
+        # stops every worker when one fails. (On other ranks the launcher started nothing.)
+        if isinstance(self.launcher, _SubprocessScriptLauncher):
+            self.launcher.kill(_SIGKILL)
 
     @override
     def teardown(self) -> None:
