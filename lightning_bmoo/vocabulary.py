@@ -148,191 +148,128 @@ class Metric:
 
 # InterferenceMonitor's metrics, logged under its prefix. Notation (docs/monitor.md): g_i is
 # language i's gradient, d the applied update, g_mean plain averaging's update.
+# fmt: off
 LOSS = Metric(
-    "loss",
-    "language",
-    "Training loss per language",
-    "loss",
+    "loss", "language", "Training loss per language", "loss",
     "training loss of the language's microbatches, mean over the interval and the ranks",
-    "min,last",
+    summary="min,last",
 )
 VAL_LOSS = Metric(
-    "val_loss",
-    "language",
-    "Validation loss per language",
-    "loss",
+    "val_loss", "language", "Validation loss per language", "loss",
     "validation loss of the language's batches, mean over the ranks",
-    "min,last",
+    summary="min,last",
 )
 VAL_PPL = Metric(
-    "val_ppl",
-    "language",
-    "Validation perplexity per language",
-    "perplexity",
+    "val_ppl", "language", "Validation perplexity per language", "perplexity",
     "exp(val_loss): validation perplexity",
-    "min,last",
+    summary="min,last",
 )
 COS = Metric(
-    "cos",
-    "pair",
-    "Gradient cosine",
-    "cosine",
+    "cos", "pair", "Gradient cosine", "cosine",
     "cosine of g_a and g_b over the whole model (a < b)",
-    "min,last",
+    summary="min,last",
 )
 COS_MIN = Metric(
-    "cos_min",
-    "scalar",
-    "Smallest cosine in any group",
-    "cosine",
+    "cos_min", "scalar", "Smallest cosine in any group", "cosine",
     "most negative cosine over all (language pair, group)",
-    "min,last",
+    summary="min,last",
 )
 COS_MEAN = Metric(
-    "cos_mean",
-    "scalar",
-    "Mean cosine over groups",
-    "cosine",
+    "cos_mean", "scalar", "Mean cosine over groups", "cosine",
     "mean cosine over all (language pair, group)",
-    "min,last",
+    summary="min,last",
 )
 CONFLICT_RATE = Metric(
-    "conflict_rate",
-    "scalar",
-    "Conflict rate",
-    "share of (pair, group)",
+    "conflict_rate", "scalar", "Conflict rate", "share of (pair, group)",
     "share of (language pair, group) with a negative cosine",
-    "max,last",
+    summary="max,last",
 )
 CONFLICT_RATE_WEIGHTED = Metric(
-    "conflict_rate_weighted",
-    "scalar",
-    "Conflict rate (size-weighted)",
-    "share of elements",
-    "share of (language pair, group) with a negative cosine, each weighted by the group's "
-    "number of gradient elements",
-    "max,last",
+    "conflict_rate_weighted", "scalar", "Conflict rate (size-weighted)", "share of elements",
+    "share of (language pair, group) with a negative cosine, each weighted by the group's"
+    " number of gradient elements",
+    summary="max,last",
 )
 GRAD_NORM = Metric(
-    "grad_norm",
-    "language",
-    "Gradient norm per language",
-    "‖g_i‖",
+    "grad_norm", "language", "Gradient norm per language", "‖g_i‖",
     "‖g_i‖: the language's gradient norm over the whole model",
 )
 WEIGHT = Metric(
-    "weight",
-    "language",
-    "MOO weight per language",
-    "weight",
+    "weight", "language", "MOO weight per language", "weight",
     "the aggregator's weight of the language, mean over the groups it is active in",
 )
 WEIGHT_STD = Metric(
-    "weight_std",
-    "language",
-    "Weight spread across groups",
-    "std of weight",
+    "weight_std", "language", "Weight spread across groups", "std of weight",
     "population std of that weight over the groups the language is active in",
 )
 UPDATE_RATIO = Metric(
-    "update_ratio",
-    "scalar",
-    "Update length relative to averaging",
-    "‖d‖ / ‖g_mean‖",
-    "‖d‖ / ‖g_mean‖: length of the applied update relative to plain "
-    "averaging's (g_mean = slot-share-weighted mean gradient)",
+    "update_ratio", "scalar", "Update length relative to averaging", "‖d‖ / ‖g_mean‖",
+    "‖d‖ / ‖g_mean‖: length of the applied update relative to plain averaging's (g_mean ="
+    " slot-share-weighted mean gradient)",
 )
 GAIN = Metric(
-    "gain",
-    "language",
-    "Gain per language (applied update)",
-    "g_i · d",
-    "g_i · d: first-order decrease of the language's loss per unit learning rate "
-    "under the applied update",
-    "min,last",
+    "gain", "language", "Gain per language (applied update)", "g_i · d",
+    "g_i · d: first-order decrease of the language's loss per unit learning rate under "
+    "the applied update",
+    summary="min,last",
 )
 GAIN_MEAN = Metric(
-    "gain_mean",
-    "language",
-    "Gain per language under plain averaging",
-    "g_i · g_mean",
+    "gain_mean", "language", "Gain per language under plain averaging", "g_i · g_mean",
     "g_i · g_mean: the same under plain averaging",
 )
 AFFINITY = Metric(
-    "affinity",
-    "directed pair",
-    "TAG affinity (first order)",
-    "Z_i→j",
-    "first-order TAG affinity η g_i · g_j / L_j: relative decrease of j's loss "
-    "from a step on i alone",
-    "min,max,last",
+    "affinity", "directed pair", "TAG affinity (first order)", "Z_i→j",
+    "first-order TAG affinity η g_i · g_j / L_j: relative decrease of j's loss from a "
+    "step on i alone",
+    summary="min,max,last",
 )
 AFFINITY_EXACT = Metric(
-    "affinity_exact",
-    "directed pair",
-    "TAG affinity (exact lookahead)",
-    "Z_i→j",
+    "affinity_exact", "directed pair", "TAG affinity (exact lookahead)", "Z_i→j",
     "exact TAG affinity 1 − L_j(θ − η g_i) / L_j(θ), measured every lookahead_every steps",
-    "min,max,last",
+    summary="min,max,last",
 )
 BYTES_SENT = Metric(
-    "comm/bytes_sent",
-    "scalar",
-    "Bytes sent per step",
-    "bytes",
-    "bytes a rank sent inside the hook per step, mean over the ranks",
-    "max,mean",
+    "comm/bytes_sent", "scalar", "Bytes sent per step", "bytes",
+    "bytes a rank sent inside the hook per step (ring collectives assumed), mean over the"
+    " ranks",
+    summary="max,mean",
 )
 HOOK_MS = Metric(
-    "comm/hook_ms",
-    "scalar",
-    "Hook time per step",
-    "ms",
+    "comm/hook_ms", "scalar", "Hook time per step", "ms",
     "wall time spent inside the hook per step, mean over the ranks",
-    "max,mean",
+    summary="max,mean",
 )
 PEAK_EXTRA_MB = Metric(
-    "comm/peak_extra_mb",
-    "scalar",
-    "Peak extra memory",
-    "MiB",
-    "most gradient-sized memory the hook held at once beyond DDP's own "
-    "buckets, mean over the ranks",
-    "max,mean",
+    "comm/peak_extra_mb", "scalar", "Peak extra memory", "MiB",
+    "most gradient-sized memory (MiB) the hook held at once beyond DDP's own buckets, "
+    "mean over the ranks",
+    summary="max,mean",
 )
 # W&B panels (rank 0, with a WandbLogger).
 COS_HEATMAP = Metric(
-    "cos_heatmap",
-    "image",
-    "Gradient cosine (whole model)",
-    "cosine",
-    "languages × languages heatmap of the interval-mean cosines",
+    "cos_heatmap", "image", "Gradient cosine (whole model)", "cosine",
+    "languages × languages heatmap of the interval-mean whole-model cosines",
 )
 AFFINITY_HEATMAP = Metric(
-    "affinity_heatmap",
-    "image",
-    "TAG affinity i → j (row helps column)",
-    "Z_i→j",
+    "affinity_heatmap", "image", "TAG affinity i → j (row helps column)", "Z_i→j",
     "heatmap of the first-order affinities: row i helps (blue) or hurts (red) column j",
 )
 GROUP_COS_HEATMAP = Metric(
-    "group_cos_heatmap",
-    "image",
-    "Cosine per group",
-    "cosine",
-    "groups × language pairs at the logging step, the 40 most conflicting groups first",
+    "group_cos_heatmap", "image", "Cosine per group", "cosine",
+    "cosine per group and language pair at the logging step, for the groups with a "
+    "negative cosine (up to 40, most conflicting first): where in the model the conflict "
+    "lives",
 )
 CONFLICTS = Metric(
-    "conflicts",
-    "table",
-    "Most conflicting groups",
-    "cosine",
-    "the top_k groups of the interval with the most negative cosine, one row "
-    "per group (only negative cosines)",
+    "conflicts", "table", "Most conflicting groups", "cosine",
+    "the interval's top_k groups whose worst language pair has a negative cosine, most "
+    "negative first; step is the trainer's global step; empty when no group conflicts",
 )
 WORST_GROUP = Metric(
-    "worst_group", "table", "Most conflicting group", "cosine", "the first row of conflicts"
+    "worst_group", "table", "Most conflicting group", "cosine",
+    "the first row of conflicts (empty when no group conflicts)",
 )
+# fmt: on
 
 #: Columns of the ``conflicts`` and ``worst_group`` tables. ``step`` is the trainer's global
 #: step, the x axis of every chart.
