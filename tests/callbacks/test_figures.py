@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lightning_bmoo import vocabulary as vocab
 from lightning_bmoo.callbacks.figures import (
     cosines,
     interference,
@@ -142,6 +143,9 @@ def test_scalar_names_and_dots():
                  "conflict_rate", "conflict_rate_weighted", "update_ratio"):  # fmt: skip
         assert name in scalars
     assert "cos/en|de" not in scalars
+    # Every name is one of the vocabulary's, languages recoverable from it.
+    for name in scalars:
+        assert any(m.languages_of(name) is not None for m in vocab.MONITOR_METRICS), name
     dots = step_dots(fig)
     assert dots["de", "fr"] == dots["fr", "de"] == pytest.approx(float(fig.dot[0, 2]))
     matrix = pair_matrix(dots, ["ar", *TASKS])
