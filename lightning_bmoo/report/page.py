@@ -128,16 +128,18 @@ class _Builder:
                     for lang in labels:
                         cells.setdefault((lang, lang), 1.0)
 
-            def draw(step: int, labels: list[str] = labels, by_step: dict = by_step) -> str:
-                return heatmap(f"{name} — step {step}", labels, by_step[step], vmax=vmax)
-
             steps = list(by_step)
-            multiples = "".join(_figure(draw(s)) for s in pick_steps(steps, self.snapshots))
+            shown = pick_steps(steps, self.snapshots)
             frames_steps = pick_steps(steps, MAX_SLIDER_FRAMES)
+            drawn_at = {
+                s: heatmap(f"{name} — step {s}", labels, by_step[s], vmax=vmax)
+                for s in {*shown, *frames_steps}
+            }
+            multiples = "".join(_figure(drawn_at[s]) for s in shown)
             # Without JS (or before it runs) the last frame shows: the others start hidden.
             frames = "".join(
                 f'<div class="frame" data-step="{s}"{"" if s == frames_steps[-1] else " hidden"}>'
-                + draw(s)
+                + drawn_at[s]
                 + "</div>"
                 for s in frames_steps
             )
@@ -181,9 +183,6 @@ class _Builder:
         return _section(
             section.id, section.title, f"<p class='hint'>{esc(section.blurb)}</p>" + "".join(parts)
         )
-
-    def n_langs(self) -> dict[int, int]:
-        return {id(run): len(languages([run])) for run in self.runs}
 
 
 def banners(runs: Sequence[Run], failed: Sequence[tuple[Path, str]]) -> str:
@@ -232,19 +231,18 @@ def build_report(
     if not runs:
         raise ValueError("build_report needs at least one run")
     b = _Builder(runs, snapshots)
-    toc = [("overview", "Runs"), ("results", "Results")] + [(s.id, s.title) for s in SECTIONS]
-    toc.insert(5, ("groups", "Most conflicting groups"))
-    nav = " · ".join(f'<a href="#{i}">{esc(t)}</a>' for i, t in toc)
+    parts = [
+        ("overview", "Runs", tables.overview(runs, failed)),
+        ("results", "Results", tables.results(runs, b.langs)),
+    ]
+    for section in SECTIONS:
+        parts.append((section.id, section.title, b.section(section)))
+        if section.id == "cosine":  # the tables say where the red cells come from
+            parts.append(
+                ("groups", "Most conflicting groups", _GROUPS_HINT + tables.conflicts(runs))
+            )
+    nav = " · ".join(f'<a href="#{sid}">{esc(name)}</a>' for sid, name, _ in parts)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    sections = [b.section(s) for s in SECTIONS]
-    groups = _section(
-        "groups",
-        "Most conflicting groups",
-        "<p class='hint'>The groups (buckets or parameters) whose two languages' gradients "
-        "pointed most against each other in the last logged interval; only negative cosines. "
-        "Steps are the trainer's global step, as on every chart.</p>" + tables.conflicts(runs),
-    )
-    sections.insert(3, groups)  # after the cosine heatmaps
     body = [
         f"<h1>{esc(title)}</h1><p class='hint'>Generated {stamp} from "
         f"{len(runs)} run(s); languages: {esc(', '.join(b.langs) or 'none found')}. "
@@ -252,9 +250,7 @@ def build_report(
         "cell for its values.</p>",
         banners(runs, failed),
         f"<nav>{nav}</nav>",
-        _section("overview", "Runs", tables.overview(runs, failed, b.n_langs())),
-        _section("results", "Results", tables.results(runs, b.langs)),
-        *sections,
+        *(_section(*part) for part in parts),
     ]
     return (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>"
@@ -281,6 +277,12 @@ def _meaning(logged: Logged) -> str:
 def _missing_note(what_html: str, missing: list[str]) -> str:
     return note(f"{what_html} not logged in {esc(', '.join(missing))}.") if missing else ""
 
+
+_GROUPS_HINT = (
+    "<p class='hint'>The groups (buckets or parameters) whose two languages' gradients pointed "
+    "most against each other in the last logged interval; only negative cosines. Steps are "
+    "the trainer's global step, as on every chart.</p>"
+)
 
 _CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px;color:#222}

@@ -9,7 +9,7 @@ from html import escape as esc
 from pathlib import Path
 
 from .. import vocabulary as vocab
-from .families import Logged, monitor, per_language
+from .families import Logged, languages, monitor, per_language
 from .sources import Run
 
 _VAL_LOSS = (Logged(vocab.MODULE_VAL_LOSS), monitor(vocab.VAL_LOSS))
@@ -31,7 +31,7 @@ def status(run: Run) -> str:
     return "finished" if run.finished else "– (CSV logs have no end marker)"
 
 
-def overview(runs: Sequence[Run], failed: Sequence[tuple[Path, str]], n_langs: dict) -> str:
+def overview(runs: Sequence[Run], failed: Sequence[tuple[Path, str]]) -> str:
     """One row per run (source, path, steps, status, config), and one per unreadable run."""
     rows = []
     for run in runs:
@@ -55,7 +55,7 @@ def overview(runs: Sequence[Run], failed: Sequence[tuple[Path, str]], n_langs: d
             f'<tr class="run"><th>{esc(run.name)}</th><td>{source}</td>'
             f"<td><code>{esc(str(run.path))}</code></td><td>{span}</td>"
             f'<td class="status">{esc(status(run))}</td>'
-            f"<td>{len(run.metric_names())}</td><td>{n_langs[id(run)]}</td><td>{cfg}</td></tr>"
+            f"<td>{len(run.metric_names())}</td><td>{len(languages([run]))}</td><td>{cfg}</td></tr>"
         )
     for path, error in failed:
         rows.append(
