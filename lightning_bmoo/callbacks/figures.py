@@ -14,20 +14,21 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .. import vocabulary as vocab
 from ..comm.stats import StepStats
 
 
 @dataclass(frozen=True)
 class GroupConflict:
-    """The most conflicting language pair of one group (bucket or parameter).
+    """The most conflicting language pair of one group (bucket or parameter): negative cosine.
 
     Attributes:
         key: the group's key (``StepStats.groups[i].key``).
         param_names: the group's parameters.
         pair: the two languages, sorted.
-        cosine: their gradients' cosine in this group.
+        cosine: their gradients' cosine in this group (< 0).
         numel: gradient elements of the group.
-        step: the step it was measured at.
+        step: the step it was measured at (see :func:`interference`).
     """
 
     key: str
@@ -43,7 +44,7 @@ class Interference:
     """Interference figures of one step; rows and columns follow ``tasks``.
 
     Attributes:
-        step: the step's index.
+        step: the step it was measured at (see :func:`interference`).
         tasks: the step's languages, sorted.
         dot: whole-model Gramian ``g_i . g_j``.
         cos: whole-model cosines (NaN where a gradient is zero).
@@ -63,7 +64,8 @@ class Interference:
         cos_mean: mean cosine over (pair, group).
         conflict_rate: share of (pair, group) with a negative cosine.
         conflict_rate_weighted: the same share weighted by the groups' numbers of elements.
-        conflicts: each group's most conflicting pair, most negative first.
+        conflicts: each group's most conflicting pair if its cosine is negative, most
+            negative first.
     """
 
     step: int
@@ -115,11 +117,14 @@ def slot_shares(stats: StepStats) -> Tensor:
     return counts / counts.sum()
 
 
-def interference(stats: StepStats) -> Interference:
+def interference(stats: StepStats, step: int | None = None) -> Interference:
     """Computes every interference figure of one step.
 
     Args:
         stats: the step's statistics (``BucketMOOState.last_step``).
+        step: the step to label the figures with. Default: the hook's 0-based count
+            ``stats.step``; ``InterferenceMonitor`` passes the trainer's global step, the x axis
+            its logs use (one ahead of the hook's count once the optimizer has stepped).
 
     Raises:
         ValueError: if the step recorded no group.
@@ -155,8 +160,9 @@ def interference(stats: StepStats) -> Interference:
     spread = torch.where(active, (weights - weight).square(), 0.0).sum(0) / count
     never = ~active.any(0)
 
+    step = stats.step if step is None else step
     return Interference(
-        step=stats.step,
+        step=step,
         tasks=tasks,
         dot=dot,
         cos=cosines(dot),
@@ -176,11 +182,11 @@ def interference(stats: StepStats) -> Interference:
         conflict_rate_weighted=(
             float((negative * pair_numel).sum() / pair_numel.sum()) if values.numel() else math.nan
         ),
-        conflicts=_conflicts(stats, group_cos),
+        conflicts=_conflicts(stats, group_cos, step),
     )
 
 
-def _conflicts(stats: StepStats, group_cos: Tensor) -> list[GroupConflict]:
+def _conflicts(stats: StepStats, group_cos: Tensor, step: int) -> list[GroupConflict]:
     T = len(stats.tasks)
     # The diagonal (1, or NaN) must not count as a group's worst pair.
     eye = torch.eye(T, dtype=torch.bool)
@@ -188,7 +194,7 @@ def _conflicts(stats: StepStats, group_cos: Tensor) -> list[GroupConflict]:
     worst, index = flat.min(1)
     out = []
     for g, (value, at) in enumerate(zip(worst.tolist(), index.tolist())):
-        if math.isinf(value):
+        if not value < 0:  # agreeing (or undefined) groups are no conflict
             continue
         i, j = sorted(divmod(at, T))
         group = stats.groups[g]
@@ -199,7 +205,7 @@ def _conflicts(stats: StepStats, group_cos: Tensor) -> list[GroupConflict]:
                 pair=(stats.tasks[i], stats.tasks[j]),
                 cosine=value,
                 numel=group.numel,
-                step=stats.step,
+                step=step,
             )
         )
     out.sort(key=lambda c: c.cosine)
@@ -223,33 +229,29 @@ def tag_affinity(dot: Tensor, loss: Tensor, lr: float) -> Tensor:
     return lr * dot.to(torch.float64) / safe.unsqueeze(0)
 
 
-def pair_name(a: str, b: str) -> str:
-    """``"a-b"``: the metric suffix of a language pair."""
-    return f"{a}-{b}"
-
-
 def step_scalars(fig: Interference) -> dict[str, float]:
     """The step's scalars, named as the monitor logs them (without its prefix).
 
-    Undefined figures (NaN: a pair with a zero gradient, a language active nowhere) are left
-    out, so that averages over an interval count only the steps that define them.
+    Names come from :mod:`lightning_bmoo.vocabulary`. Undefined figures (NaN: a pair with a
+    zero gradient, a language active nowhere) are left out, so that averages over an interval
+    count only the steps that define them.
     """
     out: dict[str, float] = {
-        "cos_min": fig.cos_min,
-        "cos_mean": fig.cos_mean,
-        "conflict_rate": fig.conflict_rate,
-        "conflict_rate_weighted": fig.conflict_rate_weighted,
-        "update_ratio": fig.update_ratio,
+        vocab.COS_MIN.key(): fig.cos_min,
+        vocab.COS_MEAN.key(): fig.cos_mean,
+        vocab.CONFLICT_RATE.key(): fig.conflict_rate,
+        vocab.CONFLICT_RATE_WEIGHTED.key(): fig.conflict_rate_weighted,
+        vocab.UPDATE_RATIO.key(): fig.update_ratio,
     }
     tasks = fig.tasks
     for i, a in enumerate(tasks):
-        out[f"grad_norm/{a}"] = float(fig.grad_norm[i])
-        out[f"weight/{a}"] = float(fig.weight[i])
-        out[f"weight_std/{a}"] = float(fig.weight_std[i])
-        out[f"gain/{a}"] = float(fig.gain[i])
-        out[f"gain_mean/{a}"] = float(fig.gain_mean[i])
+        out[vocab.GRAD_NORM.key(a)] = float(fig.grad_norm[i])
+        out[vocab.WEIGHT.key(a)] = float(fig.weight[i])
+        out[vocab.WEIGHT_STD.key(a)] = float(fig.weight_std[i])
+        out[vocab.GAIN.key(a)] = float(fig.gain[i])
+        out[vocab.GAIN_MEAN.key(a)] = float(fig.gain_mean[i])
         for j in range(i + 1, len(tasks)):
-            out[f"cos/{pair_name(a, tasks[j])}"] = float(fig.cos[i, j])
+            out[vocab.COS.key(a, tasks[j])] = float(fig.cos[i, j])
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 

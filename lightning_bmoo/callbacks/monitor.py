@@ -16,19 +16,12 @@ from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
+from .. import vocabulary as vocab
 from ..comm.stats import StepStats
 from ..data import LanguageBatchSampler
 from ..strategy import BucketMOOStrategy
 from . import wandb_panels
-from .figures import (
-    GroupConflict,
-    Interference,
-    interference,
-    pair_matrix,
-    pair_name,
-    step_dots,
-    step_scalars,
-)
+from .figures import GroupConflict, Interference, interference, pair_matrix, step_dots, step_scalars
 
 #: ``loss_fn(pl_module, batch) -> scalar loss`` used by the exact lookahead.
 LossFn = Callable[[pl.LightningModule, Any], Tensor]
@@ -38,16 +31,17 @@ class InterferenceMonitor(pl.Callback):
     """Logs how the languages' gradients interfere, from the statistics the bucket-MOO hook
     records at every step: no extra backward pass, no gradient copy.
 
-    Every ``log_every_n_steps`` optimizer steps it logs, under ``prefix`` (see docs/monitor.md):
-    ``loss/<lang>`` (training loss per language, averaged over the interval and the ranks),
-    ``cos/<a>-<b>``, ``cos_min``, ``cos_mean``, ``conflict_rate``, ``conflict_rate_weighted``,
-    ``grad_norm/<lang>``, ``weight/<lang>``, ``weight_std/<lang>``, ``update_ratio``,
-    ``gain/<lang>``, ``gain_mean/<lang>``, ``affinity/<i>-<j>``, ``comm/bytes_sent``,
-    ``comm/hook_ms``, ``comm/peak_extra_mb`` (and ``affinity_exact/<i>-<j>`` with
-    ``lookahead_every``). Gradient figures are averaged over the interval's steps that define
-    them. It works with any Lightning logger; with a :class:`~lightning.pytorch.loggers.WandbLogger`
-    rank 0 also logs heatmaps, the most conflicting groups as tables, and declares the metrics
-    with ``wandb.define_metric``. ``val_loss/<lang>`` and ``val_ppl/<lang>`` are logged at the end
+    Every ``log_every_n_steps`` optimizer steps it logs, under ``prefix`` (see docs/monitor.md;
+    names and meanings in :mod:`lightning_bmoo.vocabulary`): ``loss/<lang>`` (training loss
+    per language, averaged over the interval and the ranks), ``cos/<a>|<b>``, ``cos_min``,
+    ``cos_mean``, ``conflict_rate``, ``conflict_rate_weighted``, ``grad_norm/<lang>``,
+    ``weight/<lang>``, ``weight_std/<lang>``, ``update_ratio``, ``gain/<lang>``,
+    ``gain_mean/<lang>``, ``affinity/<i>|<j>``, ``comm/bytes_sent``, ``comm/hook_ms``,
+    ``comm/peak_extra_mb`` (and ``affinity_exact/<i>|<j>`` with ``lookahead_every``).
+    Gradient figures are averaged over the interval's steps that define them. It works with any
+    Lightning logger; with a :class:`~lightning.pytorch.loggers.WandbLogger` rank 0 also logs
+    heatmaps, the most conflicting groups as tables, and declares the metrics with
+    ``wandb.define_metric``. ``val_loss/<lang>`` and ``val_ppl/<lang>`` are logged at the end
     of validation when ``validation_step`` returns the loss and batches carry a language.
 
     With ``BucketMOOStrategy("mean")`` the update is plain data-parallel averaging, so the monitor
@@ -76,7 +70,7 @@ class InterferenceMonitor(pl.Callback):
         lookahead_every: int | None = None,
         *,
         languages: Sequence[str] | None = None,
-        prefix: str = "interference/",
+        prefix: str = vocab.MONITOR_PREFIX,
         top_k: int = 10,
         heatmaps: bool = True,
         loss_fn: LossFn | None = None,
@@ -108,7 +102,8 @@ class InterferenceMonitor(pl.Callback):
         self._losses: dict[str, MeanMetric] = {}
         self._val_losses: dict[str, MeanMetric] = {}
         self._comm = {
-            k: MeanMetric(sync_on_compute=False) for k in ("bytes_sent", "hook_ms", "peak_extra_mb")
+            m.key(): MeanMetric(sync_on_compute=False)
+            for m in (vocab.BYTES_SENT, vocab.HOOK_MS, vocab.PEAK_EXTRA_MB)
         }
         self._seen: StepStats | None = None
         self._lr = math.nan
@@ -195,7 +190,7 @@ class InterferenceMonitor(pl.Callback):
         if stats is None or stats is self._seen:
             return  # within an accumulated step
         self._seen = stats
-        self._add_step(stats)
+        self._add_step(stats, trainer.global_step)
         if trainer.global_step % self._every == 0:
             self._log(trainer)
 
@@ -210,8 +205,8 @@ class InterferenceMonitor(pl.Callback):
         M = self.lookahead_every
         return M is not None and (trainer.global_step + 1) % M == 0
 
-    def _add_step(self, stats: StepStats) -> None:
-        fig = interference(stats)
+    def _add_step(self, stats: StepStats, step: int) -> None:
+        fig = interference(stats, step)  # labelled with the x axis the logs use
         self.last_figures = fig
         for name, value in step_scalars(fig).items():
             self._scalars[name].append(value)
@@ -219,9 +214,9 @@ class InterferenceMonitor(pl.Callback):
             self._dots[pair].append(self._lr * value)
         self._tasks.update(fig.tasks)
         self._conflicts = _worst(self._conflicts + fig.conflicts, self.top_k)
-        self._comm["bytes_sent"].update(float(sum(stats.bytes_sent.values())))
-        self._comm["hook_ms"].update(1000.0 * stats.hook_seconds)
-        self._comm["peak_extra_mb"].update(stats.peak_extra_bytes / 2**20)
+        self._comm[vocab.BYTES_SENT.key()].update(float(sum(stats.bytes_sent.values())))
+        self._comm[vocab.HOOK_MS.key()].update(1000.0 * stats.hook_seconds)
+        self._comm[vocab.PEAK_EXTRA_MB.key()].update(stats.peak_extra_bytes / 2**20)
 
     def _reset_interval(self) -> None:
         self._scalars: dict[str, list[float]] = defaultdict(list)
@@ -237,16 +232,16 @@ class InterferenceMonitor(pl.Callback):
         losses = _compute_synced(self._losses, self.languages)
         comm = _compute_synced(self._comm, list(self._comm))  # averaged over the ranks too
         metrics = {name: _mean(values) for name, values in self._scalars.items()}
-        metrics.update({f"loss/{lang}": value for lang, value in losses.items()})
-        metrics.update({f"comm/{name}": value for name, value in comm.items()})
+        metrics.update({vocab.LOSS.key(lang): value for lang, value in losses.items()})
+        metrics.update(comm)
         affinity = {
             (i, j): _mean(values) / losses[j]
             for (i, j), values in self._dots.items()
             if losses.get(j, 0.0) > 0
         }
-        metrics.update({f"affinity/{pair_name(i, j)}": v for (i, j), v in affinity.items()})
+        metrics.update({vocab.AFFINITY.key(i, j): v for (i, j), v in affinity.items()})
         exact = {pair: _mean(values) for pair, values in self._exact.items()}
-        metrics.update({f"affinity_exact/{pair_name(i, j)}": v for (i, j), v in exact.items()})
+        metrics.update({vocab.AFFINITY_EXACT.key(i, j): v for (i, j), v in exact.items()})
         metrics = {f"{self.prefix}{k}": v for k, v in metrics.items() if math.isfinite(v)}
         self.last_metrics = metrics
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
@@ -265,22 +260,21 @@ class InterferenceMonitor(pl.Callback):
         if self.heatmaps:
             cos = {}
             for name, values in self._scalars.items():
-                if name.startswith("cos/"):
-                    a, b = name[4:].split("-", 1)
+                pair = vocab.COS.languages_of(name)
+                if pair:
+                    a, b = pair
                     cos[a, b] = cos[b, a] = _mean(values)
             cos.update({(lang, lang): 1.0 for lang in self._tasks})
-            images["cos_heatmap"] = wandb_panels.heatmap(
-                pair_matrix(cos, languages), languages, "gradient cosine (whole model)"
+            images[vocab.COS_HEATMAP.family] = wandb_panels.heatmap(
+                pair_matrix(cos, languages), languages, vocab.COS_HEATMAP.title
             )
             if affinity:
-                images["affinity_heatmap"] = wandb_panels.heatmap(
-                    pair_matrix(affinity, languages),
-                    languages,
-                    "TAG affinity i -> j (row helps column)",
+                images[vocab.AFFINITY_HEATMAP.family] = wandb_panels.heatmap(
+                    pair_matrix(affinity, languages), languages, vocab.AFFINITY_HEATMAP.title
                 )
             fig = self.last_figures
             if fig is not None and fig.conflicts:
-                images["group_cos_heatmap"] = _group_heatmap(fig)
+                images[vocab.GROUP_COS_HEATMAP.family] = _group_heatmap(fig)
         for run in runs:
             wandb_panels.log_panels(
                 run, self.prefix, trainer.global_step, images=images, conflicts=self._conflicts
@@ -317,8 +311,8 @@ class InterferenceMonitor(pl.Callback):
             return
         metrics = {}
         for lang, value in losses.items():
-            metrics[f"{self.prefix}val_loss/{lang}"] = value
-            metrics[f"{self.prefix}val_ppl/{lang}"] = math.exp(min(value, 700.0))
+            metrics[f"{self.prefix}{vocab.VAL_LOSS.key(lang)}"] = value
+            metrics[f"{self.prefix}{vocab.VAL_PPL.key(lang)}"] = math.exp(min(value, 700.0))
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
         if trainer.is_global_zero:
             for logger in trainer.loggers:
@@ -421,8 +415,8 @@ def _group_heatmap(fig: Interference) -> Any:
     return wandb_panels.heatmap(
         torch.tensor(rows, dtype=torch.float64).reshape(len(keys), len(pairs)),
         keys,
-        f"cosine per group, step {fig.step} (most conflicting first)",
-        columns=[pair_name(tasks[i], tasks[j]) for i, j in pairs],
+        f"{vocab.GROUP_COS_HEATMAP.title}, step {fig.step} (most conflicting first)",
+        columns=[vocab.pair_name(tasks[i], tasks[j]) for i, j in pairs],
     )
 
 

@@ -13,33 +13,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .. import vocabulary as vocab
 from .figures import GroupConflict
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 #: W&B's step axis under Lightning's WandbLogger.
-STEP_METRIC = "trainer/global_step"
-
-# (metric glob under the prefix, summaries): what a reader looks for first in the run table.
-_SUMMARIES: tuple[tuple[str, str], ...] = (
-    ("cos/*", "min,last"),
-    ("cos_min", "min,last"),
-    ("cos_mean", "min,last"),
-    ("conflict_rate", "max,last"),
-    ("conflict_rate_weighted", "max,last"),
-    ("loss/*", "min,last"),
-    ("val_loss/*", "min,last"),
-    ("val_ppl/*", "min,last"),
-    ("gain/*", "min,last"),
-    ("affinity/*", "min,max,last"),
-    ("affinity_exact/*", "min,max,last"),
-    ("comm/*", "max,mean"),
-)
+STEP_METRIC = vocab.STEP_METRIC
 
 
 def define_metrics(run: Any, prefix: str) -> None:
     """Declares the monitor's metrics: the trainer's step as x axis, min/max in the summary.
+
+    The summaries are the vocabulary's (``Metric.summary``): what a reader looks for first in
+    the run table.
 
     Args:
         run: a ``wandb`` run (``WandbLogger.experiment``).
@@ -47,8 +35,11 @@ def define_metrics(run: Any, prefix: str) -> None:
     """
     run.define_metric(STEP_METRIC)
     run.define_metric(f"{prefix}*", step_metric=STEP_METRIC)
-    for name, summary in _SUMMARIES:
-        run.define_metric(f"{prefix}{name}", step_metric=STEP_METRIC, summary=summary)
+    for metric in vocab.MONITOR_METRICS:
+        if metric.summary:
+            run.define_metric(
+                f"{prefix}{metric.glob}", step_metric=STEP_METRIC, summary=metric.summary
+            )
 
 
 def heatmap(
@@ -111,15 +102,18 @@ def _isnan(values: Any) -> Any:
 
 
 def conflict_rows(conflicts: Sequence[GroupConflict]) -> list[list[Any]]:
-    """Table rows ``[step, group, parameters, pair, cosine, numel]``, most conflicting first."""
+    """Table rows ``[step, group, parameters, pair, cosine, numel]``, most conflicting first.
+
+    The pair is written ``a|b`` (:func:`lightning_bmoo.vocabulary.pair_name`).
+    """
     return [
-        [c.step, c.key, ", ".join(c.param_names), "-".join(c.pair), c.cosine, c.numel]
+        [c.step, c.key, ", ".join(c.param_names), vocab.pair_name(*c.pair), c.cosine, c.numel]
         for c in conflicts
     ]
 
 
 #: Columns of :func:`conflict_rows`.
-CONFLICT_COLUMNS = ["step", "group", "parameters", "pair", "cosine", "numel"]
+CONFLICT_COLUMNS = list(vocab.CONFLICT_COLUMNS)
 
 
 def log_panels(
@@ -137,16 +131,18 @@ def log_panels(
         prefix: the metric prefix.
         step: the trainer's global step (W&B's x axis).
         images: heatmaps by name (logged as ``{prefix}{name}``).
-        conflicts: the most conflicting groups, most negative first; the first is also logged
-            as the ``worst_group`` table.
+        conflicts: the conflicting groups (negative cosine), most negative first; the first is
+            also logged as the ``worst_group`` table. Without any, both tables are logged
+            empty, so that no panel keeps showing an older interval's conflicts.
     """
     import wandb
 
     payload: dict[str, Any] = {STEP_METRIC: step}
     for name, fig in images.items():
         payload[f"{prefix}{name}"] = wandb.Image(fig)
-    if conflicts:
-        rows = conflict_rows(conflicts)
-        payload[f"{prefix}conflicts"] = wandb.Table(columns=CONFLICT_COLUMNS, data=rows)
-        payload[f"{prefix}worst_group"] = wandb.Table(columns=CONFLICT_COLUMNS, data=rows[:1])
+    rows = conflict_rows(conflicts)
+    payload[f"{prefix}{vocab.CONFLICTS.family}"] = wandb.Table(columns=CONFLICT_COLUMNS, data=rows)
+    payload[f"{prefix}{vocab.WORST_GROUP.family}"] = wandb.Table(
+        columns=CONFLICT_COLUMNS, data=rows[:1]
+    )
     run.log(payload)

@@ -11,31 +11,51 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..vocabulary import STEP_METRIC
+from .errors import LogError, RunDirError
+
 # W&B rows carry several step counters; the Lightning global step is the one that lines up
 # with CSV logs and with the step the callback logged at.
-STEP_KEYS = ("step", "trainer/global_step", "_step")
+STEP_KEYS = ("step", STEP_METRIC, "_step")
 # Deeper than this, a search for runs is more likely to wander into a dataset than a log.
 _MAX_DEPTH = 4
+# Two logs of one run hold the same values; CSV text and W&B JSON both round-trip floats.
+_SAME = 1e-9
 
-
-class RunDirError(ValueError):
-    """A path that holds neither a CSV logger run nor an offline W&B run."""
+__all__ = ["LogError", "Run", "RunDirError", "find_runs", "load_run", "load_runs"]
 
 
 @dataclass
 class Run:
-    """One run: its scalar rows, keyed by metric name, each with an integer ``step``."""
+    """One run: its scalar rows, keyed by metric name, each with an integer ``step``.
+
+    Attributes:
+        name: the run's name in the page.
+        source: ``"csv"`` or ``"wandb"``.
+        path: the run's directory.
+        rows: numeric cells of every logged row, with ``step``.
+        config: hyperparameters (``hparams.yaml``, or the W&B config).
+        finished: whether the log says the run ended (W&B's exit record); ``None`` where the
+            source cannot tell (CSV).
+        problem: why the log was read only in part (``partial=True``), else ``None``.
+        tables: W&B tables by key: ``(step, file)`` of each logged table, in order.
+        duplicates: the paths of other logs of this same run that were left out.
+    """
 
     name: str
-    source: str  # "csv" or "wandb"
+    source: str
     path: Path
     rows: list[dict[str, float]]
     config: dict[str, Any] = field(default_factory=dict)
+    finished: bool | None = None
+    problem: str | None = None
+    tables: dict[str, list[tuple[int, Path]]] = field(default_factory=dict)
+    duplicates: list[Path] = field(default_factory=list)
     _by_step: dict[int, dict[str, float]] | None = field(default=None, repr=False)
     _columns: dict[str, tuple[list[int], list[float]]] | None = field(default=None, repr=False)
 
@@ -67,6 +87,7 @@ class Run:
         return self._columns
 
     def metric_names(self) -> set[str]:
+        """Every metric with at least one finite value."""
         return set(self.columns)
 
     def key_for(self, name: str) -> str | None:
@@ -84,8 +105,20 @@ class Run:
         return self.columns.get(key, ([], []))
 
     def last(self, key: str) -> tuple[int, float] | None:
+        """``(step, value)`` of the last finite value of ``key``."""
         xs, ys = self.series(key)
         return (xs[-1], ys[-1]) if xs else None
+
+    def same_data(self, other: Run) -> bool:
+        """Whether both hold the same metrics at the same steps with the same values."""
+        mine, theirs = self.columns, other.columns
+        if mine.keys() != theirs.keys() or not mine:
+            return False
+        for key, (xs, ys) in mine.items():
+            xs2, ys2 = theirs[key]
+            if xs != xs2 or any(not math.isclose(a, b, rel_tol=_SAME) for a, b in zip(ys, ys2)):
+                return False
+        return True
 
 
 def _to_float(value: Any) -> float | None:
@@ -120,9 +153,28 @@ def normalise_rows(raw: Iterable[Mapping[str, Any]]) -> list[dict[str, float]]:
 
 
 def read_csv_run(run_dir: Path, name: str | None = None) -> Run:
-    """A Lightning CSVLogger version directory (``metrics.csv``)."""
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        rows = normalise_rows(csv.DictReader(f))
+    """A Lightning CSVLogger version directory (``metrics.csv``).
+
+    Raises:
+        LogError: if ``metrics.csv`` is not a readable CSV file.
+    """
+    path = run_dir / "metrics.csv"
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        try:
+            rows = normalise_rows(reader)
+        except csv.Error as error:
+            limit = csv.field_size_limit()
+            why = (
+                f"a field is longer than {limit // 1024} KiB, Python's csv limit"
+                if "field larger than field limit" in str(error)
+                else str(error)
+            )
+            raise LogError(
+                path, f"line {reader.reader.line_num}: {why}; not a CSVLogger log?"
+            ) from None
+        except UnicodeDecodeError as error:
+            raise LogError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     config: dict[str, Any] = {}
     hparams = run_dir / "hparams.yaml"
     if hparams.is_file():
@@ -137,43 +189,42 @@ def read_csv_run(run_dir: Path, name: str | None = None) -> Run:
     return Run(name or _default_name(run_dir), "csv", run_dir, rows, config)
 
 
-def read_wandb_run(run_dir: Path, name: str | None = None) -> Run:
-    """An offline W&B run directory (``offline-run-*`` holding ``run-<id>.wandb``)."""
+def read_wandb_run(run_dir: Path, name: str | None = None, *, partial: bool = False) -> Run:
+    """An offline W&B run directory (``offline-run-*`` holding ``run-<id>.wandb``).
+
+    Raises:
+        LogError: if the log is damaged (unless ``partial``) or not a W&B log.
+    """
     from . import wandb_offline
 
-    data = wandb_offline.read_run(run_dir)
-    history = _field(data, "history") or []
-    config = _field(data, "config") or {}
+    data = wandb_offline.read_run(run_dir, partial=partial)
     # W&B stores each config entry as {"value": ..., "desc": ...}; keep the values.
     config = {
         k: (v["value"] if isinstance(v, dict) and "value" in v else v)
-        for k, v in dict(config).items()
+        for k, v in data.config.items()
         if not str(k).startswith("_")
     }
-    # "_runtime", "_timestamp": W&B bookkeeping, not metrics ("_step" is read as a step).
-    history = [
-        {k: v for k, v in row.items() if not k.startswith("_") or k == "_step"} for row in history
-    ]
-    name = name or _wandb_display_name(run_dir) or _default_name(run_dir)
-    return Run(name, "wandb", run_dir, normalise_rows(history), config)
-
-
-def _wandb_display_name(run_dir: Path) -> str | None:
-    """The run's name (``WandbLogger(name=...)``), from the first ``run`` record."""
-    from . import wandb_offline
-
-    try:
-        for log in sorted(run_dir.glob("run-*.wandb")):
-            for record in wandb_offline.iter_records(log):
-                if record.WhichOneof("record_type") == "run":
-                    return record.run.display_name or None
-    except ValueError:  # unreadable here means read_run already said so
-        return None
-    return None
-
-
-def _field(data: Any, name: str) -> Any:
-    return data.get(name) if isinstance(data, Mapping) else getattr(data, name, None)
+    tables: dict[str, list[tuple[int, Path]]] = {}
+    history = []
+    for row in data.history:
+        step = row.get(STEP_METRIC, row.get("_step"))
+        for key, value in row.items():
+            if isinstance(value, dict) and value.get("_type") == "table-file" and "path" in value:
+                tables.setdefault(key, []).append(
+                    (int(step or 0), run_dir / "files" / value["path"])
+                )
+        # "_runtime", "_timestamp": W&B bookkeeping, not metrics ("_step" is read as a step).
+        history.append({k: v for k, v in row.items() if not k.startswith("_") or k == "_step"})
+    return Run(
+        name or data.name or _default_name(run_dir),
+        "wandb",
+        run_dir,
+        normalise_rows(history),
+        config,
+        finished=data.finished,
+        problem=data.problem,
+        tables=tables,
+    )
 
 
 def _default_name(run_dir: Path) -> str:
@@ -192,8 +243,12 @@ def _is_wandb_run(path: Path) -> bool:
     return any(p.suffix == ".wandb" and p.is_file() for p in path.glob("*.wandb"))
 
 
-def find_runs(path: Path) -> list[tuple[str, Path]]:
-    """``(source, run_dir)`` for every run at or below ``path``, sorted by path."""
+def find_runs(path: str | Path) -> list[tuple[str, Path]]:
+    """``(source, run_dir)`` for every run at or below ``path``, sorted by path.
+
+    Raises:
+        RunDirError: if ``path`` is not a directory.
+    """
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: not a directory")
@@ -215,8 +270,24 @@ def find_runs(path: Path) -> list[tuple[str, Path]]:
     return sorted(found, key=lambda item: str(item[1]))
 
 
-def load_runs(path: str | Path, name: str | None = None) -> list[Run]:
-    """Every run at or below ``path``; ``name`` labels it when there is exactly one."""
+def load_run(source: str, run_dir: Path, name: str | None = None, *, partial: bool = False) -> Run:
+    """One run of ``find_runs``.
+
+    Raises:
+        LogError: if its log cannot be read (W&B logs: unless ``partial``).
+    """
+    if source == "wandb":
+        return read_wandb_run(run_dir, name, partial=partial)
+    return read_csv_run(run_dir, name)
+
+
+def load_runs(path: str | Path, name: str | None = None, *, partial: bool = False) -> list[Run]:
+    """Every run at or below ``path``; ``name`` labels it when there is exactly one.
+
+    Raises:
+        RunDirError: if ``path`` holds no run.
+        LogError: at the first run whose log cannot be read (W&B logs: unless ``partial``).
+    """
     found = find_runs(Path(path))
     if not found:
         raise RunDirError(
@@ -225,5 +296,27 @@ def load_runs(path: str | Path, name: str | None = None) -> list[Run]:
             "or a folder above one."
         )
     label = name if len(found) == 1 else None
-    readers = {"csv": read_csv_run, "wandb": read_wandb_run}
-    return [readers[source](run_dir, label) for source, run_dir in found]
+    return [load_run(source, run_dir, label, partial=partial) for source, run_dir in found]
+
+
+def drop_duplicates(runs: Sequence[Run]) -> list[Run]:
+    """``runs`` with each run logged twice (CSV and W&B, as the example does) kept once.
+
+    Two runs are one when they come from different sources and :meth:`Run.same_data` holds:
+    the same metrics at the same steps with the same values, which two runs that trained
+    separately never share. The W&B copy is kept (it also holds tables and the exit status);
+    the CSV copy's path goes to its ``duplicates``.
+    """
+    kept: list[Run] = []
+    for run in runs:
+        twin = next((k for k in kept if k.source != run.source and k.same_data(run)), None)
+        if twin is None:
+            kept.append(run)
+            continue
+        if run.source == "wandb":
+            kept[kept.index(twin)] = run
+            run.duplicates.append(twin.path)
+            run.duplicates.extend(twin.duplicates)
+        else:
+            twin.duplicates.append(run.path)
+    return kept

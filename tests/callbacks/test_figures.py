@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from lightning_bmoo import vocabulary as vocab
 from lightning_bmoo.callbacks.figures import (
     cosines,
     interference,
@@ -92,6 +93,37 @@ def test_group_figures_skip_inactive_languages():
     assert [c.cosine for c in fig.conflicts] == sorted(c.cosine for c in fig.conflicts)
 
 
+def test_conflicts_are_negative_cosines_labelled_with_the_given_step():
+    rows, _, stats = explicit_step()
+    fig = interference(stats, step=8)  # the trainer's step: one ahead of the hook's 7
+    group_cos = {
+        f"g{g}": min(
+            _cos(G[i], G[j])
+            for i in range(3)
+            for j in range(i + 1, 3)
+            if G[i].abs().sum() > 0 and G[j].abs().sum() > 0
+        )
+        for g, G in enumerate(rows)
+    }
+    expected = sorted(key for key, cos in group_cos.items() if cos < 0)
+    assert 0 < len(expected) < len(rows)  # the fixture has agreeing groups too
+    assert sorted(c.key for c in fig.conflicts) == expected
+    assert all(c.cosine < 0 and c.step == 8 for c in fig.conflicts)
+    assert fig.step == 8 and interference(stats).step == 7
+
+
+def test_no_conflict_when_every_pair_agrees():
+    G = torch.tensor([[1.0, 0.2], [0.8, 0.5]], dtype=torch.float64)
+    stats = StepStats(
+        step=0,
+        layout=["a", "b"],
+        tasks=["a", "b"],
+        groups=[GroupStats("g", 2, G @ G.T, torch.tensor([True, True]), torch.tensor([0.5, 0.5]))],
+    )
+    fig = interference(stats)
+    assert fig.cos_min > 0 and fig.conflicts == []
+
+
 def test_weights_average_over_active_groups():
     _, weights, stats = explicit_step()
     fig = interference(stats)
@@ -106,11 +138,14 @@ def test_scalar_names_and_dots():
     _, _, stats = explicit_step()
     fig = interference(stats)
     scalars = step_scalars(fig)
-    for name in ("cos/de-en", "cos/de-fr", "cos/en-fr", "grad_norm/fr", "weight/en",
+    for name in ("cos/de|en", "cos/de|fr", "cos/en|fr", "grad_norm/fr", "weight/en",
                  "weight_std/de", "gain/fr", "gain_mean/en", "cos_min", "cos_mean",
                  "conflict_rate", "conflict_rate_weighted", "update_ratio"):  # fmt: skip
         assert name in scalars
-    assert "cos/en-de" not in scalars
+    assert "cos/en|de" not in scalars
+    # Every name is one of the vocabulary's, languages recoverable from it.
+    for name in scalars:
+        assert any(m.languages_of(name) is not None for m in vocab.MONITOR_METRICS), name
     dots = step_dots(fig)
     assert dots["de", "fr"] == dots["fr", "de"] == pytest.approx(float(fig.dot[0, 2]))
     matrix = pair_matrix(dots, ["ar", *TASKS])
@@ -128,7 +163,7 @@ def test_zero_gradient_leaves_its_cosines_undefined():
     )
     fig = interference(stats)
     assert math.isnan(fig.cos_min) and math.isnan(fig.conflict_rate)
-    assert "cos/a-b" not in step_scalars(fig) and "weight/b" not in step_scalars(fig)
+    assert "cos/a|b" not in step_scalars(fig) and "weight/b" not in step_scalars(fig)
     with pytest.raises(ValueError, match="no group"):
         interference(StepStats(step=0, layout=["a"], tasks=["a"]))
 

@@ -45,7 +45,7 @@ def test_csv_logs_interval_means_synced_over_ranks(tmp_path):
             langs = sorted(grads)
             for i, a in enumerate(langs):
                 for b in langs[i + 1 :]:
-                    cos.setdefault(f"{a}-{b}", []).append(_cos(flat(grads[a]), flat(grads[b])))
+                    cos.setdefault(f"{a}|{b}", []).append(_cos(flat(grads[a]), flat(grads[b])))
             for r in ranks:
                 for slot in r["steps"][index]["slots"]:
                     losses.setdefault(slot["language"], []).append(slot["loss"])

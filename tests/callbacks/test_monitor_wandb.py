@@ -65,15 +65,15 @@ def test_wandb_run_holds_the_explicit_gradient_figures(tmp_path, wandb_env):
         G = torch.stack([vectors[t] for t in stats.tasks])
         torch.testing.assert_close(stats.total_gramian(), G @ G.T, rtol=1e-5, atol=1e-9)
         a, b = stats.tasks
-        assert row[f"{P}cos/{a}-{b}"] == pytest.approx(_cos(vectors[a], vectors[b]), rel=1e-5)
+        assert row[f"{P}cos/{a}|{b}"] == pytest.approx(_cos(vectors[a], vectors[b]), rel=1e-5)
         for lang in stats.tasks:
             assert row[f"{P}loss/{lang}"] == pytest.approx(losses[lang], rel=1e-5)
             norm = float(vectors[lang].norm())
             assert row[f"{P}grad_norm/{lang}"] == pytest.approx(norm, rel=1e-5)
         lr = step["lr"]
         dot = float(vectors[a] @ vectors[b])
-        assert row[f"{P}affinity/{a}-{b}"] == pytest.approx(lr * dot / losses[b], rel=1e-5)
-        assert row[f"{P}affinity/{b}-{a}"] == pytest.approx(lr * dot / losses[a], rel=1e-5)
+        assert row[f"{P}affinity/{a}|{b}"] == pytest.approx(lr * dot / losses[b], rel=1e-5)
+        assert row[f"{P}affinity/{b}|{a}"] == pytest.approx(lr * dot / losses[a], rel=1e-5)
         # Per-group cosines, from the explicit gradients of each group's parameters.
         cosines = [
             _cos(flat(grads[a], g.param_names), flat(grads[b], g.param_names)) for g in stats.groups
@@ -82,10 +82,10 @@ def test_wandb_run_holds_the_explicit_gradient_figures(tmp_path, wandb_env):
         assert row[f"{P}cos_min"] == pytest.approx(min(cosines), rel=1e-4, abs=1e-6)
         assert row[f"{P}conflict_rate"] == pytest.approx(sum(c < 0 for c in cosines) / len(cosines))
         if (index + 1) % 2 == 0:  # the exact lookahead ran; at lr 0.01 it is near first order
-            exact = row[f"{P}affinity_exact/{a}-{b}"]
-            assert exact == pytest.approx(row[f"{P}affinity/{a}-{b}"], rel=0.1, abs=1e-4)
+            exact = row[f"{P}affinity_exact/{a}|{b}"]
+            assert exact == pytest.approx(row[f"{P}affinity/{a}|{b}"], rel=0.1, abs=1e-4)
         else:
-            assert f"{P}affinity_exact/{a}-{b}" not in row
+            assert f"{P}affinity_exact/{a}|{b}" not in row
     for key in ("comm/bytes_sent", "comm/hook_ms", "comm/peak_extra_mb", "update_ratio",
                 "conflict_rate_weighted", "cos_mean"):  # fmt: skip
         assert all(math.isfinite(r[P + key]) for r in rows.values())

@@ -7,9 +7,12 @@ import math
 import random
 from pathlib import Path
 
+import pytest
 from lightning.pytorch.loggers import CSVLogger
 
-P = "interference/"
+from lightning_bmoo import vocabulary as vocab
+
+P = vocab.MONITOR_PREFIX
 
 
 def metrics_at(step: int, langs: list[str], rng: random.Random, conflict: float) -> dict:
@@ -37,13 +40,14 @@ def metrics_at(step: int, langs: list[str], rng: random.Random, conflict: float)
                     1.0, 0.4 - conflict + 0.3 * math.sin(step / 30 + len(a + b)) + rng.gauss(0, 0.1)
                 ),
             )
-            m[f"{P}cos/{a}-{b}"] = v
+            m[P + vocab.COS.key(a, b)] = v
             cos.append(v)
         m[f"{P}cos_min"] = min(cos)
         m[f"{P}cos_mean"] = sum(cos) / len(cos)
         # Ordered pairs, no diagonal: what the monitor logs.
         for a, b in itertools.permutations(langs, 2):
-            m[f"{P}affinity/{a}-{b}"] = 0.02 * rng.gauss(0, 1)
+            # lr * g_i . g_j / L_j: tiny next to cosines, as in real runs (1e-7 .. 3e-5).
+            m[P + vocab.AFFINITY.key(a, b)] = 1e-5 * rng.gauss(0, 1)
     return m
 
 
@@ -76,3 +80,44 @@ def write_csv_run(
             logger.log_metrics(val, step=step)
     logger.save()
     return Path(logger.log_dir)
+
+
+def write_wandb_and_csv_run(
+    root: Path, name: str, *, langs: tuple[str, ...] = ("de", "en", "fr"), steps: int = 40
+) -> tuple[Path, Path]:
+    """One run logged to offline W&B and to CSV at once, as the example does.
+
+    Returns the W&B run directory (``root/wandb/offline-run-*``) and the CSV version directory
+    (``root/<name>/version_0``), once W&B's writer has flushed the whole log.
+    """
+    import wandb
+    from lightning.pytorch.loggers import WandbLogger
+
+    from lightning_bmoo.report import wait_for_run
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_SILENT", "true")
+    try:
+        loggers = [
+            WandbLogger(offline=True, save_dir=str(root), project="bmoo", name=name),
+            CSVLogger(root, name=name, version=0),
+        ]
+        rng = random.Random(0)
+        for logger in loggers:
+            logger.log_hyperparams({"aggregator": "mgda", "lr": 3e-4})
+        for step in range(steps):
+            metrics = metrics_at(step, sorted(langs), rng, 0.3)
+            for logger in loggers:  # what Lightning's trainer does with several loggers
+                logger.log_metrics(metrics, step=step)
+        val = {f"val/loss/{lang}": 2.0 + i / 10 for i, lang in enumerate(sorted(langs))}
+        for logger in loggers:
+            logger.log_metrics({**val, "val/loss": 2.1}, step=steps - 1)
+            logger.save()
+    finally:
+        wandb.finish()
+        mp.undo()
+    # wandb.finish() can return while its writer still flushes the log.
+    (run_dir,) = [p.parent for p in (root / "wandb").glob("offline-run-*/run-*.wandb")]
+    wait_for_run(run_dir)
+    return run_dir, Path(loggers[1].log_dir)

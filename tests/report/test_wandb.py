@@ -2,62 +2,41 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
-from lightning_bmoo.report import wait_for_run
-from lightning_bmoo.report.__main__ import main
-from lightning_bmoo.report.sources import find_runs, load_runs
+from lightning_bmoo.report import load_runs, read_run
+from lightning_bmoo.report.cli import main
+from lightning_bmoo.report.sources import find_runs
 
 from .dom import sections
-from .synthetic import metrics_at, write_csv_run
+from .synthetic import write_csv_run
 
-wandb = pytest.importorskip("wandb")
 LANGS = ["de", "en", "fr"]
 
 
-@pytest.fixture(scope="module")
-def wandb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lightning.pytorch.loggers import WandbLogger
-
-    root = tmp_path_factory.mktemp("wb")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("WANDB_MODE", "offline")
-    mp.setenv("WANDB_SILENT", "true")
-    try:
-        logger = WandbLogger(offline=True, save_dir=str(root), project="bmoo", name="mgda-wb")
-        logger.log_hyperparams({"aggregator": "mgda", "lr": 3e-4})
-        rng = random.Random(0)
-        for step in range(40):
-            logger.log_metrics(metrics_at(step, LANGS, rng, 0.3), step=step)
-        val = {f"val/loss/{lang}": 2.0 + i / 10 for i, lang in enumerate(LANGS)}
-        logger.log_metrics({**val, "val/loss": 2.1}, step=39)
-    finally:
-        wandb.finish()
-        mp.undo()
-    # wandb.finish() can return while its writer still flushes the log.
-    (run_dir,) = [p.parent for p in root.rglob("run-*.wandb")]
-    wait_for_run(run_dir)
-    return root
-
-
-def test_reads_offline_run(wandb_dir: Path) -> None:
-    assert [source for source, _ in find_runs(wandb_dir)] == ["wandb"]
-    (run,) = load_runs(wandb_dir)
+def test_reads_offline_run(logged_twice: tuple[Path, Path]) -> None:
+    run_dir, _ = logged_twice
+    assert [source for source, _ in find_runs(run_dir.parent)] == ["wandb"]
+    (run,) = load_runs(run_dir.parent)
     assert run.source == "wandb" and run.name == "mgda-wb"
     assert run.config["aggregator"] == "mgda"
+    assert run.finished is True and run.problem is None
     # Lightning's global step, not W&B's own counter (the val row is W&B step 40).
     assert run.last("val/loss/en") == (39, 2.1)
     assert list(run.by_step) == list(range(40))
     assert not any(k.startswith("_") for k in run.metric_names())
+    assert read_run(run_dir).name == "mgda-wb"
 
 
-def test_compares_wandb_and_csv(wandb_dir: Path, tmp_path: Path) -> None:
+def test_compares_wandb_and_csv(
+    logged_twice: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir, _ = logged_twice
     csv_dir = write_csv_run(tmp_path / "csv", "mean", langs=tuple(LANGS), steps=40)
     out = tmp_path / "r.html"
-    assert main([str(csv_dir), str(wandb_dir / "wandb"), "-o", str(out), "-l", "mean"]) == 0
+    assert main([str(csv_dir), str(run_dir.parent), "-o", str(out), "-l", "mean"]) == 0
     s = sections(out.read_text())
     assert "Training loss per language — mgda-wb" in s["losses"].titles
     assert "Training loss per language — mean" in s["losses"].titles
@@ -65,3 +44,19 @@ def test_compares_wandb_and_csv(wandb_dir: Path, tmp_path: Path) -> None:
     # Cosines at steps 0, 10, 20, 30 in both runs: 4 snapshots + bar + 4 frames each.
     assert s["cosine"].svgs == 2 * (4 + 1 + 4)
     assert "2.1000" in " ".join(s["results"].text)
+    assert "note" not in capsys.readouterr().out  # two different runs: both shown
+
+
+def test_a_run_logged_to_csv_and_wandb_is_shown_once(
+    logged_twice: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run_dir, csv_dir = logged_twice
+    out = tmp_path / "r.html"
+    assert main([str(run_dir.parents[1]), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{csv_dir} holds the same run as {run_dir}; shown once" in printed
+    s = sections(out.read_text())
+    overview = " ".join("".join(s["overview"].text).split())
+    assert s["overview"].classes["run"] == 1 and "wandb" in overview
+    assert f"the same run also in {csv_dir}" in overview
+    assert s["losses"].titles.count("Training loss per language") == 1  # one run, no suffix
