@@ -18,8 +18,7 @@ from typing_extensions import override
 
 from .. import vocabulary as vocab
 from ..comm.stats import StepStats
-from ..data import LanguageBatchSampler
-from ..strategy import BucketMOOStrategy
+from ..strategy import BucketMOOStrategy, find_language_sampler
 from . import wandb_panels
 from .figures import GroupConflict, Interference, interference, pair_matrix, step_dots, step_scalars
 
@@ -334,9 +333,8 @@ def _strategy(trainer: pl.Trainer) -> BucketMOOStrategy:
 
 
 def _sampler_languages(trainer: pl.Trainer) -> list[str] | None:
-    loader = trainer.train_dataloader
-    sampler = getattr(loader, "batch_sampler", None)
-    return list(sampler.languages) if isinstance(sampler, LanguageBatchSampler) else None
+    sampler = find_language_sampler(trainer)
+    return None if sampler is None else list(sampler.languages)
 
 
 def _wandb_runs(trainer: pl.Trainer) -> list[Any]:

@@ -5,11 +5,6 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
-import signal
-import sys
-import warnings
-from collections.abc import Callable, Generator
-from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,28 +13,18 @@ import torch
 import torch.distributed as dist
 from lightning.fabric.plugins import CheckpointIO, ClusterEnvironment
 from lightning.fabric.plugins.collectives.torch_collective import default_pg_timeout
-from lightning.pytorch.callbacks import GradientAccumulationScheduler
 from lightning.pytorch.plugins.precision import Precision
 from lightning.pytorch.strategies import DDPStrategy
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
-from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
 from typing_extensions import override
 
 from ..aggregators import Aggregator
-from ..comm import BucketMOOState, HookOptions, install_bucket_moo_hook
-from ..data import LanguageBatchSampler, check_dataloader
-from .language import LanguageFn, batch_language, checked_language
+from ..comm import HookOptions, install_bucket_moo_hook
+from .language import LanguageFn
+from .training import BucketMOOTraining
 
 if TYPE_CHECKING:
     from lightning.fabric.strategies.registry import _StrategyRegistry
-
-_SIGKILL = signal.SIGTERM if sys.platform == "win32" else signal.SIGKILL
-
-#: Key of the hook's state in a Lightning checkpoint.
-CHECKPOINT_KEY = "bucket_moo"
 
 # DDPStrategy arguments for other communication hooks; they would replace ours.
 _FOREIGN_HOOK_ARGS = (
@@ -50,7 +35,7 @@ _FOREIGN_HOOK_ARGS = (
 )
 
 
-class BucketMOOStrategy(DDPStrategy):
+class BucketMOOStrategy(BucketMOOTraining, DDPStrategy):
     """DDP whose gradient all-reduce is replaced by a per-bucket multi-objective solve.
 
     Each microbatch (*slot*) must hold one language; its gradient is that language's row in
@@ -136,7 +121,7 @@ class BucketMOOStrategy(DDPStrategy):
             )
         # Fail at construction, not minutes later when the hook registers on every rank.
         # slots_per_rank and nonfinite stay None until the trainer decides them.
-        self._options = HookOptions.build(
+        options = HookOptions.build(
             aggregator,
             aggregator_options,
             transport=transport,
@@ -146,8 +131,7 @@ class BucketMOOStrategy(DDPStrategy):
             direction_only=direction_only,
             slots_per_rank=slots_per_rank,
         )
-        if language_fn is not None and not callable(language_fn):
-            raise TypeError(f"language_fn must be callable, got {type(language_fn).__name__}.")
+        self._init_training(options, language_fn, language_key)
         super().__init__(
             accelerator=accelerator,
             parallel_devices=parallel_devices,
@@ -159,63 +143,7 @@ class BucketMOOStrategy(DDPStrategy):
             start_method=start_method,
             **kwargs,
         )
-        self._language_fn = language_fn
-        self._language_key = language_key
-        self._hook_state: BucketMOOState | None = None
-        self._pending_checkpoint: dict[str, Any] | None = None
-        self._resuming = False
-        self._steps_seen = 0
         self._owns_process_group = False
-        self._failed = False
-
-    # -- public ----------------------------------------------------------------------------
-
-    @property
-    def options(self) -> HookOptions:
-        """The hook's options as configured (``slots_per_rank``/``nonfinite`` may be undecided)."""
-        return self._options
-
-    @property
-    def hook_state(self) -> BucketMOOState | None:
-        """The hook's state while fitting (``last_step`` holds the last step's statistics)."""
-        return self._hook_state
-
-    @property
-    def bmoo_state(self) -> BucketMOOState | None:
-        """Deprecated name of :attr:`hook_state`."""
-        warnings.warn(
-            "BucketMOOStrategy.bmoo_state is deprecated: use hook_state.",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self._hook_state
-
-    def language_of(self, batch: Any) -> str:
-        """Returns the language of a training batch, as the strategy declares it to the hook.
-
-        Raises:
-            ValueError: if the batch has no language or mixes languages.
-        """
-        if self._language_fn is None:
-            return batch_language(batch, self._language_key)
-        return checked_language(self._language_fn(batch), "language_fn")
-
-    def hook_state_dict(self) -> dict[str, Any]:
-        """The hook's state as saved under ``checkpoint["bucket_moo"]``."""
-        return self._require_state().state_dict()
-
-    def load_hook_state_dict(self, saved: dict[str, Any]) -> None:
-        """Restores :meth:`hook_state_dict`'s output into the registered hook.
-
-        Differences between the checkpoint's settings and today's warn once (on rank 0).
-        """
-        state = self._require_state()
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            state.load_state_dict(saved)
-        for warning in caught:
-            rank_zero_warn(str(warning.message))
-        self._steps_seen = state.step
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -232,167 +160,7 @@ class BucketMOOStrategy(DDPStrategy):
         assert isinstance(self.model, DistributedDataParallel)
         module = self.lightning_module
         assert module is not None
-        options = self._options.replace(
-            slots_per_rank=self._resolve_slots_per_rank(module),
-            nonfinite=self._resolve_nonfinite(),
-        )
-        self._hook_state = install_bucket_moo_hook(self.model, options)
-        self._hook_state.expect_scaler = self._scaler() is not None
-        self._steps_seen = 0
-        pending, self._pending_checkpoint = self._pending_checkpoint, None
-        if pending is not None:
-            self.load_hook_state_dict(pending)
-        elif self._resuming:
-            rank_zero_warn(
-                "The checkpoint holds no bucket-MOO state (saved by another strategy?): the hook "
-                "starts at step 0 with a fresh aggregator state."
-            )
-
-    def _resolve_slots_per_rank(self, module: pl.LightningModule) -> int:
-        accumulate = module.trainer.accumulate_grad_batches
-        configured = self._options.slots_per_rank
-        if not module.automatic_optimization:
-            return configured or 1
-        if configured not in (None, accumulate):
-            raise ValueError(
-                f"BucketMOOStrategy(slots_per_rank={configured}) disagrees with "
-                f"Trainer(accumulate_grad_batches={accumulate}). Under automatic optimization "
-                "each accumulated microbatch is a slot: leave slots_per_rank unset."
-            )
-        return accumulate
-
-    def _scaler(self) -> Any:
-        return getattr(self.precision_plugin, "scaler", None)
-
-    def _resolve_nonfinite(self) -> str:
-        scaler = self._scaler()
-        configured = self._options.nonfinite
-        if configured is None:
-            return "propagate" if scaler is not None else "drop"
-        if configured == "drop" and scaler is not None:
-            rank_zero_warn(
-                "nonfinite='drop' with a GradScaler: overflowing languages are dropped instead of "
-                "reaching the scaler, so the loss scale never backs off. nonfinite='propagate' "
-                "(the default under 16-mixed) lets the scaler skip those steps."
-            )
-        if configured == "propagate" and scaler is None:
-            rank_zero_warn(
-                "nonfinite='propagate' without a GradScaler: a NaN/inf gradient would reach the "
-                "optimizer and the weights. It is meant for precision='16-mixed'; leave "
-                "nonfinite unset (or 'drop') otherwise."
-            )
-        return configured
-
-    @override
-    def on_train_start(self) -> None:
-        super().on_train_start()
-        if self._hook_state is None:
-            return
-        module = self.lightning_module
-        assert module is not None
-        self._check_accumulation(module.trainer, module.automatic_optimization)
-        self._check_samplers(module.trainer, module.automatic_optimization)
-
-    def _check_accumulation(self, trainer: pl.Trainer, automatic: bool) -> None:
-        for callback in trainer.callbacks:
-            if isinstance(callback, GradientAccumulationScheduler):
-                raise ValueError(
-                    "BucketMOOStrategy needs a fixed number of slots per step; remove the "
-                    "GradientAccumulationScheduler and set Trainer(accumulate_grad_batches=K)."
-                )
-        K = self._require_state().slots_per_rank
-        batches = trainer.num_training_batches
-        if automatic and batches != float("inf") and int(batches) % K != 0:
-            raise ValueError(
-                f"The epoch has {int(batches)} training batches, not a multiple of "
-                f"accumulate_grad_batches={K}: Lightning would step the optimizer after a partial "
-                "step at the end of each epoch. Make the batches per epoch a multiple of K "
-                "(LanguageBatchSampler's length is; check limit_train_batches)."
-            )
-
-    def _check_samplers(self, trainer: pl.Trainer, automatic: bool) -> None:
-        K = self._require_state().slots_per_rank
-        iterables = trainer.train_dataloader
-        if iterables is None:
-            return
-        for loader in CombinedLoader(iterables).flattened:
-            sampler = getattr(loader, "batch_sampler", None)
-            if not isinstance(sampler, LanguageBatchSampler):
-                continue
-            # check_dataloader compares the sampler's K with accumulate_grad_batches, which
-            # is 1 under manual optimization: check world size and rank only, then K here.
-            check_dataloader(
-                loader,
-                trainer if automatic else trainer.world_size,
-                rank=trainer.global_rank,
-            )
-            if sampler.slots_per_rank != K:
-                raise ValueError(
-                    f"LanguageBatchSampler(slots_per_rank={sampler.slots_per_rank}) but the "
-                    f"bucket-MOO hook expects {K} backward passes per optimizer step: set "
-                    f"BucketMOOStrategy(slots_per_rank={sampler.slots_per_rank}) and step the "
-                    "optimizer every that many batches, or rebuild the sampler."
-                )
-
-    # -- training --------------------------------------------------------------------------
-
-    @contextmanager
-    @override
-    def block_backward_sync(self) -> Generator[None, None, None]:
-        # Lightning runs the first K - 1 accumulated backwards under DDP's no_sync(), which
-        # would keep them from the hook; the hook keeps each slot's gradient apart itself.
-        yield
-
-    @override
-    def training_step(self, *args: Any, **kwargs: Any) -> Any:
-        if self._hook_state is not None:
-            batch = kwargs["batch"] if "batch" in kwargs else args[0]
-            # Declared before the step runs, so that automatic and manual backwards see it.
-            self._hook_state.set_slot(self.language_of(batch))
-        return super().training_step(*args, **kwargs)
-
-    @override
-    def optimizer_step(
-        self,
-        optimizer: Optimizer,
-        closure: Callable[[], Any],
-        model: pl.LightningModule | torch.nn.Module | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        if self._hook_state is None:
-            return super().optimizer_step(optimizer, closure, model, **kwargs)
-
-        def closure_then_check() -> Any:
-            # Automatic optimization runs the last slot's backward inside the closure.
-            result = closure()
-            self._check_step_complete()
-            return result
-
-        return super().optimizer_step(optimizer, closure_then_check, model, **kwargs)
-
-    def _check_step_complete(self) -> None:
-        state = self._require_state()
-        module = self.lightning_module
-        automatic = module is None or module.automatic_optimization
-        hint = (
-            "Make the training batches per epoch a multiple of accumulate_grad_batches, and "
-            "run no backward under DDP's no_sync()."
-            if automatic
-            else f"Call optimizer.step() after every {state.slots_per_rank} backward passes "
-            "(BucketMOOStrategy(slots_per_rank=...))."
-        )
-        if state.slot_index != 0:
-            raise RuntimeError(
-                f"The optimizer stepped after {state.slot_index} of the {state.slots_per_rank} "
-                f"slots of bucket-MOO step {state.step}: the gradients hold no complete step. "
-                + hint
-            )
-        if automatic and state.step != self._steps_seen + 1:
-            raise RuntimeError(
-                f"{state.step - self._steps_seen} bucket-MOO steps completed between two "
-                f"optimizer steps, expected 1 (slots_per_rank={state.slots_per_rank}). " + hint
-            )
-        self._steps_seen = state.step
+        self._hook_registered(install_bucket_moo_hook(self.model, self._resolved_options(module)))
 
     # -- checkpoints -----------------------------------------------------------------------
 
@@ -400,15 +168,7 @@ class BucketMOOStrategy(DDPStrategy):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None
     ) -> None:
-        # Weights-only checkpoints carry no optimizer state, so no hook state either.
-        if self._hook_state is not None and "optimizer_states" in checkpoint:
-            if self._hook_state.slot_index != 0:
-                rank_zero_warn(
-                    f"Checkpoint saved after {self._hook_state.slot_index} slots of a "
-                    "bucket-MOO step: those slots' gradients are not saved. Save between "
-                    "optimizer steps (ModelCheckpoint does)."
-                )
-            checkpoint[CHECKPOINT_KEY] = self.hook_state_dict()
+        self._add_to_checkpoint(checkpoint)
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     @override
@@ -417,22 +177,10 @@ class BucketMOOStrategy(DDPStrategy):
     ) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
         # Loaded before setup: the hook does not exist yet, configure_ddp applies it.
-        self._pending_checkpoint = checkpoint.get(CHECKPOINT_KEY)
-        self._resuming = True
+        self._take_from_checkpoint(checkpoint)
         return checkpoint
 
     # -- teardown --------------------------------------------------------------------------
-
-    @override
-    def on_exception(self, exception: BaseException) -> None:
-        # Other ranks may be stuck in a collective or gone: teardown must not wait for them.
-        self._failed = True
-        super().on_exception(exception)
-        # Lightning's script launcher leaves the ranks it started running when this process
-        # fails: a stalled one would outlive it, holding its devices. Stop them, as torchrun
-        # stops every worker when one fails. (On other ranks the launcher started nothing.)
-        if isinstance(self.launcher, _SubprocessScriptLauncher):
-            self.launcher.kill(_SIGKILL)
 
     @override
     def teardown(self) -> None:
@@ -454,13 +202,6 @@ class BucketMOOStrategy(DDPStrategy):
             self.barrier()
         if self._owns_process_group and dist.get_backend() == "gloo":
             _destroy_process_group_at_exit()
-
-    def _require_state(self) -> BucketMOOState:
-        if self._hook_state is None:
-            raise RuntimeError(
-                "The bucket-MOO hook is registered when fitting starts (configure_ddp)."
-            )
-        return self._hook_state
 
     # -- registry --------------------------------------------------------------------------
 

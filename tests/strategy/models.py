@@ -55,6 +55,7 @@ class LanguageData(pl.LightningDataModule):
         world_size: int | None = None,
         mixed: bool = False,
         plain_batches: int | None = None,
+        num_workers: int = 0,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -65,6 +66,7 @@ class LanguageData(pl.LightningDataModule):
         self.world_size = world_size
         self.mixed = mixed
         self.plain_batches = plain_batches
+        self.num_workers = num_workers
 
     def train_dataloader(self) -> DataLoader:
         datasets = language_datasets()
@@ -93,7 +95,13 @@ class LanguageData(pl.LightningDataModule):
             rank=self.rank,
             world_size=self.world_size,
         )
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_with_language)
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate_with_language,
+            num_workers=self.num_workers,
+            multiprocessing_context="fork" if self.num_workers else None,
+        )
 
     def val_dataloader(self) -> DataLoader:
         examples = [{**e, "language": "en"} for e in language_datasets()["en"][:8]]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_bmoo.strategy import CHECKPOINT_KEY, BucketMOOStrategy
+from lightning_bmoo.strategy import CHECKPOINT_KEY, SAMPLER_CHECKPOINT_KEY, BucketMOOStrategy
 
 from .helpers import assert_params_equal, fit
 from .models import LanguageData, TinyModel
@@ -14,7 +14,7 @@ from .models import LanguageData, TinyModel
 STEPS_PER_EPOCH = 3
 
 
-def _run(out_dir, aggregator, granularity, K, **kwargs):
+def _run(out_dir, aggregator, granularity, K, num_workers=0, **kwargs):
     # Small buckets: several of them, which DDP re-splits after the first backward of a run.
     strategy = BucketMOOStrategy(
         aggregator, granularity=granularity, seed=7, start_method="fork", bucket_cap_mb=0.001
@@ -23,7 +23,9 @@ def _run(out_dir, aggregator, granularity, K, **kwargs):
         out_dir,
         strategy,
         model=TinyModel(momentum=0.9),
-        data=LanguageData(slots_per_rank=K, steps_per_epoch=STEPS_PER_EPOCH),
+        data=LanguageData(
+            slots_per_rank=K, steps_per_epoch=STEPS_PER_EPOCH, num_workers=num_workers
+        ),
         accumulate_grad_batches=K,
         max_steps=-1,
         max_epochs=2,
@@ -75,3 +77,29 @@ def test_resume_with_one_slot_and_out_of_order_parameters_is_not_exact(tmp_path)
     if all(torch.equal(p, q) for p, q in zip(resumed[0]["params"], straight[0]["params"])):
         pytest.fail("The resumed run is now exact: turn this into an equality test.")
     pytest.xfail("first resumed step solved on DDP's initial buckets")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_mid_epoch_resume_continues_the_sampler_where_it_stopped(tmp_path, num_workers):
+    """The sampler is built in train_dataloader(), after the checkpoint was loaded: the strategy
+    keeps its saved state until the dataloader exists. With workers the DataLoader fetches
+    ahead, so the position saved is the loop's count of consumed batches."""
+    checkpoints = tmp_path / "ckpt"
+    straight = _run(
+        tmp_path / "straight",
+        "gradvac",
+        "bucket",
+        2,
+        num_workers,
+        enable_checkpointing=True,
+        callbacks=[
+            ModelCheckpoint(checkpoints, filename="{step}", every_n_train_steps=2, save_top_k=-1)
+        ],
+    )
+    middle = checkpoints / "step=4.ckpt"  # one step into the second epoch
+    saved = torch.load(middle, weights_only=True)[SAMPLER_CHECKPOINT_KEY]
+    assert (saved["epoch"], saved["position"]) == (1, 2)  # 2 batches = 1 step of K = 2
+    resumed = _run(tmp_path / "resumed", "gradvac", "bucket", 2, num_workers, ckpt_path=str(middle))
+    assert resumed[0]["layouts"] == straight[0]["layouts"][4:]
+    assert_params_equal(resumed[0]["params"], straight[0]["params"])
+    assert_params_equal(resumed[1]["params"], straight[1]["params"])
