@@ -207,6 +207,17 @@ UPDATE_RATIO = Metric(
     "‖d‖ / ‖g_mean‖: length of the applied update relative to plain averaging's (g_mean ="
     " slot-share-weighted mean gradient)",
 )
+LENGTH_SCALE = Metric(
+    "length_scale", "scalar", "Direction-only stretch", "factor",
+    "factor direction_only multiplied the aggregator's update by to give it the mean's "
+    "length (numel-weighted mean over groups); 1 without direction_only",
+)
+FALLBACKS = Metric(
+    "fallbacks", "scalar", "Solver fallbacks", "groups per step",
+    "groups whose aggregator raised or returned non-finite weights and used the mean of "
+    "their languages instead; 0 normally",
+    summary="max,last",
+)
 GAIN = Metric(
     "gain", "language", "Gain per language (applied update)", "g_i · d",
     "g_i · d: first-order decrease of the language's loss per unit learning rate under "
@@ -319,6 +330,8 @@ MONITOR_METRICS = (
     WEIGHT,
     WEIGHT_STD,
     UPDATE_RATIO,
+    LENGTH_SCALE,
+    FALLBACKS,
     GAIN,
     GAIN_MEAN,
     AFFINITY,

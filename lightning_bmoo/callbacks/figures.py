@@ -66,6 +66,9 @@ class Interference:
         conflict_rate_weighted: the same share weighted by the groups' numbers of elements.
         conflicts: each group's most conflicting pair if its cosine is negative, most
             negative first.
+        length_scale: the factor ``direction_only`` applied to the aggregator's update,
+            mean over groups weighted by their elements (1.0 when off).
+        fallbacks: solves that fell back to the mean because the aggregator failed.
     """
 
     step: int
@@ -87,6 +90,8 @@ class Interference:
     conflict_rate: float
     conflict_rate_weighted: float
     conflicts: list[GroupConflict] = field(default_factory=list)
+    length_scale: float = 1.0
+    fallbacks: int = 0
 
     @property
     def update_ratio(self) -> float:
@@ -183,6 +188,11 @@ def interference(stats: StepStats, step: int | None = None) -> Interference:
             float((negative * pair_numel).sum() / pair_numel.sum()) if values.numel() else math.nan
         ),
         conflicts=_conflicts(stats, group_cos, step),
+        length_scale=float(
+            sum(g.scale * g.numel for g in stats.groups)
+            / max(1, sum(g.numel for g in stats.groups))
+        ),
+        fallbacks=stats.fallbacks,
     )
 
 
@@ -242,6 +252,8 @@ def step_scalars(fig: Interference) -> dict[str, float]:
         vocab.CONFLICT_RATE.key(): fig.conflict_rate,
         vocab.CONFLICT_RATE_WEIGHTED.key(): fig.conflict_rate_weighted,
         vocab.UPDATE_RATIO.key(): fig.update_ratio,
+        vocab.LENGTH_SCALE.key(): fig.length_scale,
+        vocab.FALLBACKS.key(): float(fig.fallbacks),
     }
     tasks = fig.tasks
     for i, a in enumerate(tasks):

@@ -4,26 +4,21 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.loggers import WandbLogger
-from torch import Tensor
-from torchmetrics.aggregation import MeanMetric
 from typing_extensions import override
 
 from .. import vocabulary as vocab
 from ..comm.stats import StepStats
-from ..strategy import BucketMOOStrategy, find_language_sampler
+from ..strategy import BucketMOOTraining, find_language_sampler
 from . import wandb_panels
-from .figures import GroupConflict, Interference, interference, pair_matrix, step_dots, step_scalars
-
-#: ``loss_fn(pl_module, batch) -> scalar loss`` used by the exact lookahead.
-LossFn = Callable[[pl.LightningModule, Any], Tensor]
+from .figures import GroupConflict, Interference, interference, step_dots, step_scalars
+from .language_means import SyncedMeans, scalar_loss
+from .lookahead import LossFn, exact_affinity
 
 
 class InterferenceMonitor(pl.Callback):
@@ -43,8 +38,9 @@ class InterferenceMonitor(pl.Callback):
     ``wandb.define_metric``. ``val_loss/<lang>`` and ``val_ppl/<lang>`` are logged at the end
     of validation when ``validation_step`` returns the loss and batches carry a language.
 
-    With ``BucketMOOStrategy("mean")`` the update is plain data-parallel averaging, so the monitor
-    measures the interference of an ordinary run: measure first, then switch MOO on.
+    With ``BucketMOOStrategy("mean")`` the update averages the step's languages with equal
+    weights (DDP's average when every language fills as many slots), so the monitor measures
+    the interference of an ordinary run: measure first, then switch MOO on.
 
     Args:
         log_every_n_steps: logging interval in optimizer steps (default: the trainer's).
@@ -98,15 +94,14 @@ class InterferenceMonitor(pl.Callback):
         self.last_figures: Interference | None = None
         self._every = 1
         self._reset_interval()
-        self._losses: dict[str, MeanMetric] = {}
-        self._val_losses: dict[str, MeanMetric] = {}
-        self._comm = {
-            m.key(): MeanMetric(sync_on_compute=False)
-            for m in (vocab.BYTES_SENT, vocab.HOOK_MS, vocab.PEAK_EXTRA_MB)
-        }
+        self._losses = SyncedMeans()
+        self._val_losses = SyncedMeans()
+        self._comm_names = [m.key() for m in (vocab.BYTES_SENT, vocab.HOOK_MS, vocab.PEAK_EXTRA_MB)]
+        self._comm = SyncedMeans(self._comm_names)
         self._seen: StepStats | None = None
         self._lr = math.nan
         self._slot_batches: list[tuple[str, Any]] = []
+        self._current_batch: Any = None
 
     # -- setup -----------------------------------------------------------------------------
 
@@ -114,12 +109,13 @@ class InterferenceMonitor(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        if not isinstance(trainer.strategy, BucketMOOStrategy):
+        if not isinstance(trainer.strategy, BucketMOOTraining):
             raise TypeError(
                 f"InterferenceMonitor reads the statistics of the bucket-MOO hook, but the "
                 f"trainer's strategy is {type(trainer.strategy).__name__}. Use "
-                "Trainer(strategy=BucketMOOStrategy(...)); BucketMOOStrategy('mean') trains "
-                "exactly like DDP and still measures interference."
+                "Trainer(strategy=BucketMOOStrategy(...)); BucketMOOStrategy('mean') averages "
+                "the languages (as DDP does when every language fills as many slots) and still "
+                "measures interference."
             )
         self._every = self.log_every_n_steps or trainer.log_every_n_steps
         if self._every < 1:
@@ -134,8 +130,9 @@ class InterferenceMonitor(pl.Callback):
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        known = _sampler_languages(trainer)
-        if self.languages is not None and known is not None:
+        sampler = find_language_sampler(trainer)
+        if self.languages is not None and sampler is not None:
+            known = sampler.languages
             unknown = sorted(set(self.languages) - set(known))
             if unknown:
                 raise ValueError(
@@ -153,8 +150,13 @@ class InterferenceMonitor(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         if self._lookahead_due(trainer):
-            language = _strategy(trainer).language_of(batch)
-            self._slot_batches.append((language, batch))
+            self._current_batch = batch  # its language is known once training_step declared it
+
+    def _keep_current_batch(self, trainer: pl.Trainer) -> None:
+        if self._current_batch is not None:
+            language = _strategy(trainer).declared_language
+            self._slot_batches.append((language, self._current_batch))
+            self._current_batch = None
 
     @override
     def on_before_optimizer_step(
@@ -163,8 +165,10 @@ class InterferenceMonitor(pl.Callback):
         # The lr that this step applies (schedulers step after it).
         self._lr = float(optimizer.param_groups[0]["lr"])
         if self._lookahead_due(trainer):
+            # The step's last batch: its training_step ran, its on_train_batch_end has not.
+            self._keep_current_batch(trainer)
             batches, self._slot_batches = self._slot_batches, []
-            exact = _lookahead(trainer, pl_module, batches, self._lr, self.loss_fn)
+            exact = exact_affinity(trainer, pl_module, batches, self._lr, self.loss_fn)
             for pair, value in exact.items():
                 self._exact[pair].append(value)
 
@@ -177,14 +181,17 @@ class InterferenceMonitor(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        language = _strategy(trainer).language_of(batch)
+        strategy = _strategy(trainer)
+        # What the strategy declared to the hook for this batch: the batch is parsed once.
+        language = strategy.declared_language or strategy.language_of(batch)
         self._check_language(language)
-        loss = _loss(outputs)
+        self._keep_current_batch(trainer)
+        loss = scalar_loss(outputs)
         if loss is not None:
             if pl_module.automatic_optimization:
                 loss = loss * trainer.accumulate_grad_batches  # Lightning divided it by K
-            _metric(self._losses, language).update(loss.detach().float().cpu())
-        state = _strategy(trainer).hook_state
+            self._losses.update(language, loss.detach().float().cpu())
+        state = strategy.hook_state
         stats = state.last_step if state is not None else None
         if stats is None or stats is self._seen:
             return  # within an accumulated step
@@ -213,9 +220,9 @@ class InterferenceMonitor(pl.Callback):
             self._dots[pair].append(self._lr * value)
         self._tasks.update(fig.tasks)
         self._conflicts = _worst(self._conflicts + fig.conflicts, self.top_k)
-        self._comm[vocab.BYTES_SENT.key()].update(float(sum(stats.bytes_sent.values())))
-        self._comm[vocab.HOOK_MS.key()].update(1000.0 * stats.hook_seconds)
-        self._comm[vocab.PEAK_EXTRA_MB.key()].update(stats.peak_extra_bytes / 2**20)
+        self._comm.update(vocab.BYTES_SENT.key(), float(sum(stats.bytes_sent.values())))
+        self._comm.update(vocab.HOOK_MS.key(), 1000.0 * stats.hook_seconds)
+        self._comm.update(vocab.PEAK_EXTRA_MB.key(), stats.peak_extra_bytes / 2**20)
 
     def _reset_interval(self) -> None:
         self._scalars: dict[str, list[float]] = defaultdict(list)
@@ -228,8 +235,8 @@ class InterferenceMonitor(pl.Callback):
 
     def _log(self, trainer: pl.Trainer) -> None:
         # Collective first, identically on every rank: the per-language loss sync.
-        losses = _compute_synced(self._losses, self.languages)
-        comm = _compute_synced(self._comm, list(self._comm))  # averaged over the ranks too
+        losses = self._losses.compute(self.languages)
+        comm = self._comm.compute(self._comm_names)  # averaged over the ranks too
         metrics = {name: _mean(values) for name, values in self._scalars.items()}
         metrics.update({vocab.LOSS.key(lang): value for lang, value in losses.items()})
         metrics.update(comm)
@@ -254,26 +261,17 @@ class InterferenceMonitor(pl.Callback):
         runs = _wandb_runs(trainer)
         if not runs:
             return
-        languages = self.languages or sorted(self._tasks)
         images = {}
         if self.heatmaps:
-            cos = {}
+            cosines = {}
             for name, values in self._scalars.items():
                 pair = vocab.COS.languages_of(name)
                 if pair:
-                    a, b = pair
-                    cos[a, b] = cos[b, a] = _mean(values)
-            cos.update({(lang, lang): 1.0 for lang in self._tasks})
-            images[vocab.COS_HEATMAP.family] = wandb_panels.heatmap(
-                pair_matrix(cos, languages), languages, vocab.COS_HEATMAP.title
+                    cosines[pair] = _mean(values)
+            languages = self.languages or sorted(self._tasks)
+            images = wandb_panels.dashboard_heatmaps(
+                cosines, affinity, languages, self.last_figures
             )
-            if affinity:
-                images[vocab.AFFINITY_HEATMAP.family] = wandb_panels.heatmap(
-                    pair_matrix(affinity, languages), languages, vocab.AFFINITY_HEATMAP.title
-                )
-            fig = self.last_figures
-            if fig is not None and fig.conflicts:
-                images[vocab.GROUP_COS_HEATMAP.family] = _group_heatmap(fig)
         for run in runs:
             wandb_panels.log_panels(
                 run, self.prefix, trainer.global_step, images=images, conflicts=self._conflicts
@@ -292,20 +290,20 @@ class InterferenceMonitor(pl.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        loss = _loss(outputs)
+        loss = scalar_loss(outputs)
         if loss is None or trainer.sanity_checking:
             return
         try:
             language = _strategy(trainer).language_of(batch)
         except ValueError:
             return  # validation batches without a language get no per-language metrics
-        _metric(self._val_losses, language).update(loss.detach().float().cpu())
+        self._val_losses.update(language, loss.detach().float().cpu())
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not isinstance(trainer.strategy, BucketMOOStrategy):
+        if trainer.sanity_checking or not isinstance(trainer.strategy, BucketMOOTraining):
             return
-        losses = _compute_synced(self._val_losses, None)
+        losses = self._val_losses.compute()
         if not losses:
             return
         metrics = {}
@@ -326,69 +324,14 @@ def _check_interval(name: str, value: int | None) -> None:
         raise ValueError(f"InterferenceMonitor({name}={value!r}): must be an int >= 1 or None.")
 
 
-def _strategy(trainer: pl.Trainer) -> BucketMOOStrategy:
+def _strategy(trainer: pl.Trainer) -> BucketMOOTraining:
     strategy = trainer.strategy
-    assert isinstance(strategy, BucketMOOStrategy)
+    assert isinstance(strategy, BucketMOOTraining)
     return strategy
-
-
-def _sampler_languages(trainer: pl.Trainer) -> list[str] | None:
-    sampler = find_language_sampler(trainer)
-    return None if sampler is None else list(sampler.languages)
 
 
 def _wandb_runs(trainer: pl.Trainer) -> list[Any]:
     return [logger.experiment for logger in trainer.loggers if isinstance(logger, WandbLogger)]
-
-
-def _loss(outputs: Any) -> Tensor | None:
-    if isinstance(outputs, Mapping):
-        outputs = outputs.get("loss")
-    if isinstance(outputs, Tensor) and outputs.numel() == 1:
-        return outputs.reshape(())
-    return None
-
-
-def _metric(metrics: dict[str, MeanMetric], language: str) -> MeanMetric:
-    if language not in metrics:
-        # Synced by _compute_synced, all metrics in one collective.
-        metrics[language] = MeanMetric(sync_on_compute=False)
-    return metrics[language]
-
-
-def _compute_synced(
-    metrics: dict[str, MeanMetric], names: Sequence[str] | None
-) -> dict[str, float]:
-    """Means of every metric over the interval and the ranks, in one all-reduce; resets them.
-
-    ``names``: the metrics every rank has (all ranks pass the same). Without it, ranks may have
-    seen different languages: they first agree on the union of names, so that every rank
-    reduces the same metrics in the same order. One all-reduce of the metrics'
-    (weighted sum, weight) states replaces torchmetrics' per-metric sync (four collectives
-    each), which cost tens of milliseconds per logging step on gloo.
-    """
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    if names is not None:
-        ordered = sorted(names)
-    else:
-        ordered = sorted(metrics)
-        if distributed:
-            everyone: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(everyone, ordered)
-            ordered = sorted(set().union(*everyone))
-    states = torch.zeros(2, len(ordered), dtype=torch.float64)
-    for k, name in enumerate(ordered):
-        metric = _metric(metrics, name)
-        states[0, k] = float(metric.mean_value)
-        states[1, k] = float(metric.weight)
-        metric.reset()
-    if distributed and ordered:
-        dist.all_reduce(states)
-    return {
-        name: float(states[0, k] / states[1, k])
-        for k, name in enumerate(ordered)
-        if states[1, k] > 0 and math.isfinite(float(states[0, k]))
-    }
 
 
 def _mean(values: list[float]) -> float:
@@ -401,107 +344,3 @@ def _worst(conflicts: list[GroupConflict], k: int) -> list[GroupConflict]:
         if c.key not in best or c.cosine < best[c.key].cosine:
             best[c.key] = c
     return sorted(best.values(), key=lambda c: c.cosine)[:k]
-
-
-def _group_heatmap(fig: Interference) -> Any:
-    tasks = fig.tasks
-    pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
-    # Large models have hundreds of groups: show the most conflicting ones only.
-    keys = list(dict.fromkeys(c.key for c in fig.conflicts[:40]))
-    position = {key: g for g, key in enumerate(fig.group_keys)}
-    rows = [[float(fig.group_cos[position[k], i, j]) for i, j in pairs] for k in keys]
-    return wandb_panels.heatmap(
-        torch.tensor(rows, dtype=torch.float64).reshape(len(keys), len(pairs)),
-        keys,
-        f"{vocab.GROUP_COS_HEATMAP.title}, step {fig.step} (most conflicting first)",
-        columns=[vocab.pair_name(tasks[i], tasks[j]) for i, j in pairs],
-    )
-
-
-# -- exact lookahead (TAG) -------------------------------------------------------------------
-
-
-def _lookahead(
-    trainer: pl.Trainer,
-    pl_module: pl.LightningModule,
-    local: list[tuple[str, Any]],
-    lr: float,
-    loss_fn: LossFn | None,
-) -> dict[tuple[str, str], float]:
-    """Exact TAG affinity ``1 - L_j(theta - lr g_i) / L_j(theta)`` on the step's batches.
-
-    Every rank receives every slot's batch; rank ``r`` handles the languages ``i`` at positions
-    ``r, r + W, ...`` (one backward per slot of ``i``, one forward per slot and language); the
-    results are gathered so that every rank returns all pairs.
-    """
-    slots = _gather_objects(local)
-    by_language: dict[str, list[Any]] = defaultdict(list)
-    for language, batch in slots:
-        by_language[language].append(trainer.strategy.batch_to_device(batch))
-    languages = sorted(by_language)
-    rank, world = trainer.global_rank, trainer.world_size
-    params = [p for p in pl_module.parameters() if p.requires_grad]
-    compute = loss_fn or _training_loss
-    out: dict[tuple[str, str], float] = {}
-    with _silenced(pl_module), trainer.precision_plugin.forward_context():
-
-        def loss_of(language: str) -> Tensor:
-            losses = []
-            for k, batch in enumerate(by_language[language]):
-                # The same seed before and after the lookahead step: same dropout masks.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(k)
-                    losses.append(compute(pl_module, batch).float())
-            return torch.stack(losses).mean()
-
-        with torch.no_grad():
-            before = {j: float(loss_of(j)) for j in languages}
-        for i in languages[rank::world]:
-            grads = torch.autograd.grad(loss_of(i), params, allow_unused=True)
-            saved = [p.detach().clone() for p in params]
-            with torch.no_grad():
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        p.sub_(lr * g)
-                for j in languages:
-                    if j != i and before[j] > 0:
-                        out[i, j] = 1.0 - float(loss_of(j)) / before[j]
-                for p, s in zip(params, saved):
-                    p.copy_(s)
-    merged: dict[tuple[str, str], float] = {}
-    for part in _gather_objects([out]):
-        merged.update(part)
-    return merged
-
-
-def _gather_objects(local: list[Any]) -> list[Any]:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(local)
-    everyone: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, local)
-    return [item for part in everyone for item in part]
-
-
-def _training_loss(pl_module: pl.LightningModule, batch: Any) -> Tensor:
-    loss = _loss(pl_module.training_step(batch, 0))
-    if loss is None:
-        raise ValueError(
-            "InterferenceMonitor's lookahead needs training_step to return the loss (a tensor or "
-            "a dict with 'loss'); pass InterferenceMonitor(loss_fn=...) otherwise."
-        )
-    return loss
-
-
-@contextmanager
-def _silenced(pl_module: pl.LightningModule) -> Iterator[None]:
-    # Replaying training_step must not log its metrics a second time.
-    pl_module.log = _no_log  # type: ignore[method-assign]
-    pl_module.log_dict = _no_log  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del pl_module.log, pl_module.log_dict
-
-
-def _no_log(*args: Any, **kwargs: Any) -> None:
-    return None

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import vocabulary as vocab
-from .figures import GroupConflict
+from .figures import GroupConflict, Interference, pair_matrix
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -95,6 +95,53 @@ def heatmap(
                     ax.text(c, r, f"{values[r, c]:.2g}", ha="center", va="center", fontsize=7)
     fig.colorbar(image, ax=ax, shrink=0.8)
     return fig
+
+
+def dashboard_heatmaps(
+    cosines: dict[tuple[str, str], float],
+    affinity: dict[tuple[str, str], float],
+    languages: Sequence[str],
+    last: Interference | None,
+) -> dict[str, Figure]:
+    """The interval's heatmaps, by panel name: whole-model cosines, first-order affinities
+    (when known), and the per-group cosines of the last step (when some group conflicts).
+
+    Args:
+        cosines: interval-mean cosine of each language pair ``(a, b)``, ``a < b``.
+        affinity: interval-mean affinity of each ordered pair ``(i, j)``.
+        languages: rows and columns, in order.
+        last: the last step's figures.
+    """
+    cos = {(lang, lang): 1.0 for lang in languages}
+    for (a, b), value in cosines.items():
+        cos[a, b] = cos[b, a] = value
+    images = {
+        vocab.COS_HEATMAP.family: heatmap(
+            pair_matrix(cos, list(languages)), languages, vocab.COS_HEATMAP.title
+        )
+    }
+    if affinity:
+        images[vocab.AFFINITY_HEATMAP.family] = heatmap(
+            pair_matrix(affinity, list(languages)), languages, vocab.AFFINITY_HEATMAP.title
+        )
+    if last is not None and last.conflicts:
+        images[vocab.GROUP_COS_HEATMAP.family] = _group_heatmap(last)
+    return images
+
+
+def _group_heatmap(fig: Interference) -> Figure:
+    tasks = fig.tasks
+    pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
+    # Large models have hundreds of groups: show the most conflicting ones only.
+    keys = list(dict.fromkeys(c.key for c in fig.conflicts[:40]))
+    position = {key: g for g, key in enumerate(fig.group_keys)}
+    rows = [[float(fig.group_cos[position[k], i, j]) for i, j in pairs] for k in keys]
+    return heatmap(
+        torch.tensor(rows, dtype=torch.float64).reshape(len(keys), len(pairs)),
+        keys,
+        f"{vocab.GROUP_COS_HEATMAP.title}, step {fig.step} (most conflicting first)",
+        columns=[vocab.pair_name(tasks[i], tasks[j]) for i, j in pairs],
+    )
 
 
 def _isnan(values: Any) -> Any:

@@ -136,6 +136,8 @@ SECTIONS: tuple[Section, ...] = (
     Section("update", "Update length", "Below 1: the MOO update is shorter than plain "
             "averaging's, which also lowers the effective learning rate.", (
         Scalar(M(vocab.UPDATE_RATIO)),
+        Scalar(M(vocab.LENGTH_SCALE)),
+        Scalar(M(vocab.FALLBACKS)),
     )),
     Section("comm", "Communication", "Traffic and time of the gradient comm hook, and the "
             "extra memory it held.", (

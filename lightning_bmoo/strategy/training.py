@@ -51,6 +51,7 @@ class BucketMOOTraining:
         self._resuming = False
         self._steps_seen = 0
         self._consumed = 0  # training batches of the current epoch, for the sampler's state
+        self._declared: str | None = None
         self._failed = False
 
     # -- public ----------------------------------------------------------------------------
@@ -84,6 +85,14 @@ class BucketMOOTraining:
         if self._language_fn is None:
             return batch_language(batch, self._language_key)
         return checked_language(self._language_fn(batch), "language_fn")
+
+    @property
+    def declared_language(self) -> str | None:
+        """The language declared to the hook for the training batch in progress (or last).
+
+        Callbacks read it instead of parsing the batch again (``on_train_batch_end``).
+        """
+        return self._declared
 
     def hook_state_dict(self) -> dict[str, Any]:
         """The hook's state as saved under ``checkpoint["bucket_moo"]``."""
@@ -213,7 +222,8 @@ class BucketMOOTraining:
         if self._hook_state is not None:
             batch = kwargs["batch"] if "batch" in kwargs else args[0]
             # Declared before the step runs, so that automatic and manual backwards see it.
-            self._hook_state.set_slot(self.language_of(batch))
+            self._declared = self.language_of(batch)
+            self._hook_state.set_slot(self._declared)
         return super().training_step(*args, **kwargs)  # type: ignore[misc]
 
     @override

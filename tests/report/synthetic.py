@@ -28,6 +28,8 @@ def metrics_at(step: int, langs: list[str], rng: random.Random, conflict: float)
     m[f"{P}conflict_rate"] = conflict * (0.5 + 0.5 * math.exp(-step / 150)) + 0.02 * rng.random()
     m[f"{P}conflict_rate_weighted"] = m[f"{P}conflict_rate"] * 0.8
     m[f"{P}update_ratio"] = 1e-3 * math.exp(-step / 200)
+    m[f"{P}length_scale"] = 1.0
+    m[f"{P}fallbacks"] = float(step % 50 == 0)
     m[f"{P}comm/bytes_sent"] = 2.4e7
     m[f"{P}comm/hook_ms"] = 40 + rng.random() * 5
     m[f"{P}comm/peak_extra_mb"] = 96.0

@@ -53,7 +53,7 @@ def test_dom_as_rendered(report: Path) -> None:
     assert s["cosine"].svgs == 2 * (3 + 1 + 20)
     assert s["affinity"].svgs == 2 * (3 + 1 + 20)
     assert s["weights"].svgs == 4 and s["gradients"].svgs == 6
-    assert s["update"].svgs == 1 and s["comm"].svgs == 3
+    assert s["update"].svgs == 3 and s["comm"].svgs == 3
     assert "Validation loss per language — mean/version_0" in s["losses"].titles
     assert f"{vocab.COS.title} — step 190" in s["cosine"].titles
     assert vocab.CONFLICT_RATE.title in s["conflict"].titles

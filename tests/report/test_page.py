@@ -40,7 +40,7 @@ def test_report_has_every_section_and_figure(two_runs: Path) -> None:
     assert s["losses"].svgs == 3 * 2 + 2
     assert "Training loss per language — mgda/version_0" in s["losses"].titles
     assert s["conflict"].svgs == 4
-    assert s["update"].svgs == 1
+    assert s["update"].svgs == 3
     assert s["comm"].svgs == 3
     assert s["weights"].svgs == 2 * 2
     assert s["gradients"].svgs == 3 * 2
@@ -109,7 +109,7 @@ def test_run_missing_a_family_is_named(two_runs: Path, tmp_path: Path) -> None:
     (d / "metrics.csv").write_text("step,train/loss\n0,3.0\n1,2.0\n")
     runs = load_runs(two_runs) + load_runs(d, "bare")
     s = sections(build_report(runs))
-    assert s["update"].svgs == 1
+    assert s["update"].svgs == 3
     assert any("bare" in n for n in s["update"].notes)
 
 
