@@ -1,11 +1,31 @@
-"""lightning_bmoo: bucket-level multi-objective optimisation for multilingual training."""
+"""lightning_bmoo: bucket-level multi-objective optimisation for multilingual training.
 
-from .aggregators import Aggregator, available_aggregators, get_aggregator
-from .callbacks import InterferenceMonitor
-from .data import LanguageBatchSampler, check_dataloader, collate_with_language
-from .strategy import BucketMOOStrategy
+The top-level names are imported on first use, so that each part costs only what it needs:
+``lightning_bmoo.comm`` (the plain-torch hook) loads torch but not Lightning, and the offline
+report (``bmoo-report``) loads neither.
+
+``Trainer(strategy="bmoo")`` needs the strategy registered with Lightning: importing
+``lightning_bmoo.strategy`` (or ``BucketMOOStrategy`` from here) does it, and so does
+``import lightning_bmoo`` once Lightning is imported.
+"""
+
+import sys
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# name -> the submodule that defines it
+_EXPORTS = {
+    "Aggregator": "aggregators",
+    "available_aggregators": "aggregators",
+    "get_aggregator": "aggregators",
+    "InterferenceMonitor": "callbacks",
+    "LanguageBatchSampler": "data",
+    "collate_with_language": "data",
+    "BucketMOOStrategy": "strategy",
+    "check_dataloader": "strategy",
+}
 
 __all__ = [
     "Aggregator",
@@ -18,3 +38,26 @@ __all__ = [
     "collate_with_language",
     "get_aggregator",
 ]
+
+if TYPE_CHECKING:
+    from .aggregators import Aggregator, available_aggregators, get_aggregator
+    from .callbacks import InterferenceMonitor
+    from .data import LanguageBatchSampler, collate_with_language
+    from .strategy import BucketMOOStrategy, check_dataloader
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if "lightning.pytorch" in sys.modules:  # Lightning is there already: register "bmoo" now
+    import_module(".strategy", __name__)
