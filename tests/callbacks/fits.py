@@ -12,6 +12,7 @@ import torch
 
 from lightning_bmoo.callbacks import InterferenceMonitor
 from tests.strategy.models import LanguageData, TinyModel
+from tests.trainers import quiet_trainer
 
 
 class ValModel(TinyModel):
@@ -96,16 +97,10 @@ def fit(
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer_kwargs.setdefault("max_steps", 4)
     trainer_kwargs.setdefault("limit_val_batches", 0)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=devices,
         strategy=strategy or BucketMOOStrategy("mgda", start_method="fork", bucket_cap_mb=0.0005),
         logger=logger,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         default_root_dir=str(out_dir),
         callbacks=[monitor, Capture(str(out_dir))],
         **trainer_kwargs,

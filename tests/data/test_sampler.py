@@ -14,6 +14,8 @@ from torch.utils.data.distributed import DistributedSampler
 
 from lightning_bmoo.data import LanguageBatchSampler, check_dataloader, collate_with_language
 
+from ..trainers import quiet_trainer
+
 SIZES = {"de": 230, "en": 600, "fi": 70, "fr": 150, "sw": 9, "yo": 25}
 
 
@@ -455,17 +457,7 @@ def test_lightning_trainer_sees_single_language_batches():
 
     sampler = build(slots_per_rank=K, batch_size=16, steps_per_epoch=5)
     loader = DataLoader(range(len(langs)), batch_sampler=sampler)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=2,
-        accumulate_grad_batches=K,
-        use_distributed_sampler=False,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_epochs=2, accumulate_grad_batches=K)
     check_dataloader(loader, trainer)
     model = Module()
     trainer.fit(model, loader)
@@ -524,17 +516,11 @@ def test_lightning_mid_epoch_resume_continues_the_schedule(tmp_path):
             callbacks.append(
                 ModelCheckpoint(tmp_path, every_n_train_steps=2, save_top_k=-1, filename="{step}")
             )
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            devices=1,
+        trainer = quiet_trainer(
             max_epochs=2,
             accumulate_grad_batches=2,
-            use_distributed_sampler=False,
-            logger=False,
             callbacks=callbacks,
             enable_checkpointing=ckpt_path is None,
-            enable_progress_bar=False,
-            enable_model_summary=False,
         )
         model = Module()
         loader = DataLoader(range(len(language_list())), batch_sampler=sampler)

@@ -15,14 +15,14 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 
 from lightning_bmoo import BucketMOOStrategy
 
 from ..strategy.models import LanguageData, TinyModel
+from ..trainers import quiet_trainer
 
-TIMEOUT = 10.0  # also bounds the rendezvous: leave time for the ranks to start
+TIMEOUT = 15.0  # also bounds the rendezvous: leave time for the ranks to start
 STALL = 60.0
 
 
@@ -46,18 +46,11 @@ class StallingModel(TinyModel):
 
 def main(out_dir: str, stalled_rank: int, where: str) -> None:
     model = StallingModel(stalled_rank, where)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         strategy=BucketMOOStrategy(timeout=timedelta(seconds=TIMEOUT)),
-        accelerator="cpu",
         devices=2,
         accumulate_grad_batches=2,
         max_steps=5,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=out_dir,
     )

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch._dynamo  # DDP imports it lazily: seconds per forked rank otherwise
 
+from ..trainers import quiet_trainer
 from .models import LanguageData, Recorder, TinyModel
 
 
@@ -31,15 +32,9 @@ def fit(
         old.unlink()
     trainer_kwargs.setdefault("max_steps", 4)
     trainer_kwargs.setdefault("enable_checkpointing", False)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = quiet_trainer(
         devices=devices,
         strategy=strategy,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=str(out_dir),
         callbacks=[Recorder(str(out_dir), snapshots=snapshots), *(callbacks or [])],

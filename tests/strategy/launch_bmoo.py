@@ -8,26 +8,18 @@ from __future__ import annotations
 
 import sys
 
-import lightning.pytorch as pl
-
 import lightning_bmoo.strategy  # noqa: F401  (registers "bmoo")
 
+from ..trainers import quiet_trainer
 from .models import LanguageData, Recorder, TinyModel
 
 
 def main(out_dir: str) -> None:
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
         strategy="bmoo",
-        accelerator="cpu",
         devices=2,
         accumulate_grad_batches=2,
         max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=out_dir,
         callbacks=[Recorder(out_dir)],
