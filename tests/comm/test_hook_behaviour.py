@@ -238,16 +238,6 @@ def test_one_slot_in_the_whole_run_warns_that_moo_is_a_no_op():
     assert any("reduces to plain SGD" in m for m in run_distributed(run, 1)[0])
 
 
-def test_state_dict_round_trip_continues_identically():
-    def run(rank, world_size):
-        straight = train(rank, world_size, aggregator="gradvac", steps=4)
-        return straight["state"]
-
-    state = run_distributed(run, 2)[0]
-    assert state["step"] == 4 and state["aggregator_state"]["state"]
-    assert state["options"]["aggregator"] == "gradvac" and state["version"] == 2
-
-
 TORCHRUN_SCRIPT = """
 import sys
 
