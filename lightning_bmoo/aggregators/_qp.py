@@ -208,7 +208,9 @@ def nonneg_qp_floats(
         if factor is None:
             return None
         xF = cholesky_solve_floats(factor, [-c[j] for j in F])
-        neg_tol = neg_tol_c - TOL * max(map(abs, xF))
+        # Block exchanges can empty the free set (every free variable came out negative):
+        # then x = 0, as in nonneg_qp, whose norm of a zero row is 0.
+        neg_tol = neg_tol_c - TOL * max(map(abs, xF), default=0.0)
         # The sign test of nonneg_qp on x + y: x on the free set, y = K x + c off it.
         z = c
         for j, xj in zip(F, xF, strict=True):
