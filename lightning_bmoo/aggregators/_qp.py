@@ -154,10 +154,24 @@ def _pivot(
     if info.any():
         raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
     if refine:
-        x = x + _unbias(x, ridge, free, L)
+        step = _unbias(x, ridge, free, L)
+        x = x + step.mul_(_feasible_fraction(x, step))
     if out is not None:
         x = out.index_copy_(0, rows, x)
     return x.clamp_min(0.0)
+
+
+def _feasible_fraction(x: Tensor, step: Tensor) -> Tensor:
+    """The largest ``t`` in ``[0, 1]`` (per row) with ``x + t step >= 0``.
+
+    The bias correction moves mostly along near-null directions of ``K_FF``, where ``y`` barely
+    changes. Where ``K_FF`` is near-singular (eigenvalues near the ridge) it can still push an
+    entry below zero; clipping that entry alone would be an O(1) move in a direction that is
+    not null, breaking ``y >= 0`` (an update that conflicts with a task). Shortening the whole
+    step keeps ``x >= 0`` and ``y`` where the pivoting left it.
+    """
+    ratio = torch.where(step < 0, x.clamp_min(0.0) / -step, math.inf)
+    return ratio.amin(-1, keepdim=True).clamp_(max=1.0)
 
 
 def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
@@ -234,7 +248,10 @@ def nonneg_qp_floats(
         # nonneg_qp's _unbias on the free set's factor.
         step = cholesky_solve_floats(factor, [ridge * xj for xj in xF])
         back = cholesky_solve_floats(factor, [ridge * sj for sj in step])
-        xF = [xj + sj - bj for xj, sj, bj in zip(xF, step, back, strict=True)]
+        delta = [sj - bj for sj, bj in zip(step, back, strict=True)]
+        # As _feasible_fraction: shorten the correction rather than clip entries.
+        t = min([max(xj, 0.0) / -dj for xj, dj in zip(xF, delta, strict=True) if dj < 0.0] + [1.0])
+        xF = [xj + t * dj for xj, dj in zip(xF, delta, strict=True)]
     x = [0.0] * T
     for j, xj in zip(F, xF, strict=True):
         if xj > 0.0:
