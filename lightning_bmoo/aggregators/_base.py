@@ -41,18 +41,18 @@ def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
             f"{tuple(gramian.shape)}. Build it as G @ G.T from the T x n task gradients."
         )
     # Aggregators run hundreds of times per step on tiny matrices, where each torch op costs
-    # microseconds: the common case is settled with two ops and one sync, and anything
-    # unusual falls through to the full check below, which alone raises.
+    # microseconds: the common case is settled with three ops, and anything unusual falls
+    # through to the checks below, which alone raise.
     K = gramian.detach() if gramian.requires_grad else gramian
-    if K.dtype != torch.float64 or K.device.type != "cpu":
+    if K.dtype is not torch.float64 or not K.is_cpu:
         K = K.to(device="cpu", dtype=torch.float64)
-    # max |K - K^T| is 0 only if K is exactly symmetric and finite (inf - inf is NaN); if
-    # it is finite, so is every entry.
-    asym = float(torch.dist(K, K.T, p=math.inf))
     diag = K.diagonal().tolist()
     low = min(diag)
-    if asym == 0.0 and low >= 0.0:
+    # A finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN).
+    if low >= 0.0 and torch.equal(K, K.t()) and math.isfinite(K.sum().item()):
         return K, diag, True
+    # max |K - K^T| is finite only if every entry is (inf - inf is NaN, NaN compares False).
+    asym = float(torch.dist(K, K.T, p=math.inf))
     # sqrt(K_ii K_jj) >= min_i K_ii, so this passes only what the full check passes; the
     # bound on low keeps K_ii K_jj clear of underflow, which the full check is subject to.
     if asym <= _SYMMETRY_RTOL * (1.0 - 1e-9) * low and low > 1e-140:
@@ -106,6 +106,11 @@ class Aggregator(ABC):
         key: which state to use for stateful methods (one per bucket or parameter group).
         generator: source of randomness for stochastic methods. Defaults to the
             aggregator's own generator, seeded at construction. Never the global RNG.
+        validate: check the Gramian (see :func:`check_gramian`). ``False`` is a fast path for
+            callers that guarantee a float64 CPU Gramian that is exactly symmetric, finite and
+            has a non-negative diagonal (the bucket-MOO hook builds its own); it skips the
+            checks and their synchronisations, not the conventions above. Anything else then
+            gives undefined weights rather than an error.
     """
 
     name: ClassVar[str]
@@ -121,22 +126,35 @@ class Aggregator(ABC):
         tasks: Sequence[Hashable] | None = None,
         key: Hashable = None,
         generator: torch.Generator | None = None,
+        validate: bool = True,
     ) -> Tensor:
-        K, diag, exact = _checked(gramian)
-        T = K.shape[0]
-        if tasks is None:
-            tasks = tuple(range(T))
-        elif len(tasks) != T:
-            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
+        K, diag, tasks = self._prepared(gramian, tasks, validate)
+        T = len(diag)
         if T == 1:
             return torch.ones(1, dtype=torch.float64)
         scale = max(diag)
         if scale == 0:
             return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        # Symmetrising and scaling make a new tensor in both branches: methods may edit it.
-        K = K / scale if exact else (K + K.T) / (2.0 * scale)
-        weights = self._weights(K, tasks=tuple(tasks), key=key, generator=generator)
+        # Scaling copies K: methods may edit what they get.
+        weights = self._weights(K / scale, tasks=tasks, key=key, generator=generator)
         return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
+
+    def _prepared(
+        self, gramian: Tensor, tasks: Sequence[Hashable] | None, validate: bool
+    ) -> tuple[Tensor, list[float], tuple[Hashable, ...]]:
+        """The exactly symmetric float64 CPU Gramian, its diagonal and the task names."""
+        if validate:
+            K, diag, exact = _checked(gramian)
+            if not exact:
+                K = (K + K.T) / 2
+        else:
+            K, diag = gramian, gramian.diagonal().tolist()
+        T = len(diag)
+        if tasks is None:
+            return K, diag, tuple(range(T))
+        if len(tasks) != T:
+            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
+        return K, diag, tuple(tasks)
 
     @abstractmethod
     def _weights(

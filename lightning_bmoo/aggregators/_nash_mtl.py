@@ -16,7 +16,7 @@ from ._qp import cholesky_floats, cholesky_solve_floats
 # gradients: their utility log(g_i . d) is -inf whatever d, so they get weight 0.
 _ZERO = 1e-200
 # Up to this many tasks Newton runs on Python floats.
-_FLOAT_MAX_TASKS = 6
+_FLOAT_MAX_TASKS = 8
 # A squared Newton decrement whose square is at rounding level (relative residual ~1e-16).
 _ROUNDING_LAM2 = 1e-16
 
@@ -186,11 +186,16 @@ def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, in
 
 def _converged(lam2: float, prev: float, tol: float) -> bool:
     """Whether Newton stops after the step of squared decrement ``lam2`` (``prev`` before)."""
-    # At the tolerance; or when the full step just taken leaves a decrement at rounding level
-    # (for self-concordant f it at most squares, lambda+ <= (lambda / (1 - lambda))^2), which
-    # spares an iteration that would only confirm it; or when Newton stops converging
-    # quadratically: then rounding (a near-singular K) sets the floor.
-    return lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev)
+    # At the tolerance; or when the full step just taken leaves a decrement below the tolerance
+    # or at rounding level (for self-concordant f it at most squares, lambda+ <= (lambda /
+    # (1 - lambda))^2), which spares an iteration that would only confirm it; or when Newton
+    # stops converging quadratically: then rounding (a near-singular K) sets the floor.
+    if lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev):
+        return True
+    if lam2 >= 1 / 16:
+        return False  # a damped step: no bound
+    lam = math.sqrt(lam2)
+    return (lam / (1.0 - lam)) ** 4 < tol
 
 
 def _newton_floats(

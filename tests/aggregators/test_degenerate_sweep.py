@@ -41,7 +41,7 @@ def sweep() -> tuple[tuple[str, int, Tensor], ...]:
 
 
 @functools.cache
-def solved(name: str, options: tuple[tuple[str, float], ...] = ()) -> tuple[Tensor, ...]:
+def solved(name: str, options: tuple[tuple[str, float], ...]) -> tuple[Tensor, ...]:
     """The weights (``COUNT x T`` per entry of :func:`sweep`) of one method over the sweep.
 
     A fresh aggregator per family and size; call ``b`` draws from a generator seeded with ``b``.
@@ -62,7 +62,7 @@ def describe(family: str, T: int, index: Tensor) -> str:
 @pytest.mark.parametrize("name", available_aggregators())
 def test_weights_are_finite_and_of_the_right_shape(name):
     assert sum(len(Ks) for _, _, Ks in sweep()) >= 10_000
-    for (family, T, Ks), W in zip(sweep(), solved(name)):
+    for (family, T, Ks), W in zip(sweep(), solved(name, ())):
         assert W.shape == (len(Ks), T) and W.dtype == torch.float64
         bad = ~torch.isfinite(W).all(1)
         assert not bad.any(), describe(family, T, bad)
@@ -106,7 +106,7 @@ def test_imtl_g_equal_projections_where_full_rank():
     # eigenvalues below 1e-10 of the largest as zero), the update has the same projection on
     # every non-zero unit gradient.
     checked = 0
-    for (family, T, Ks), W in zip(sweep(), solved("imtl_g")):
+    for (family, T, Ks), W in zip(sweep(), solved("imtl_g", ())):
         for b, (K, w) in enumerate(zip(Ks, W)):
             eigenvalues = torch.linalg.eigvalsh(cosines(K))
             if not eigenvalues[0] > 1e-8 * eigenvalues[-1]:
