@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from operator import mul
 
@@ -44,20 +45,24 @@ class IMTLG(Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        diag = K.diagonal().tolist()
-        inv_norms = [x**-0.5 if x > 0.0 else 0.0 for x in diag]
-        T = len(diag)
+        T = K.shape[0]
         if T == 2:
             # C = [[1, c], [c, 1]] has C^+ 1 = 1 / (1 + c) along 1 whenever that eigenvalue is
-            # kept: the weights are inv_norms normalised, unless the gradients are (nearly)
-            # exactly opposite; zero gradients get weight 0.
-            c = K[0, 1].item() * inv_norms[0] * inv_norms[1]
+            # kept: the weights are the inverse norms normalised, unless the gradients are
+            # (nearly) exactly opposite; a zero gradient gets weight 0.
+            (k11, k12), (_, k22) = K.tolist()
+            inv_norms = [x**-0.5 if x > 0.0 else 0.0 for x in (k11, k22)]
+            c = k12 * inv_norms[0] * inv_norms[1]
             if 1.0 + c > _RTOL * (1.0 + abs(c)):
                 total = inv_norms[0] + inv_norms[1]
                 return torch.tensor([x / total for x in inv_norms], dtype=torch.float64)
             return torch.full((2,), 0.5, dtype=torch.float64)
         # Scalars in Python, few tensor ops: each tiny op costs microseconds at these sizes.
-        inv = torch.tensor(inv_norms, dtype=torch.float64)
+        inv = K.diagonal().rsqrt()
+        inv_norms = inv.tolist()
+        if math.inf in inv_norms:  # zero gradients: D^+ has 0 there
+            inv_norms = [0.0 if x == math.inf else x for x in inv_norms]
+            inv = torch.tensor(inv_norms, dtype=torch.float64)
         eigenvalues, V = torch.linalg.eigh(K * torch.outer(inv, inv))
         eigenvalue_list = eigenvalues.tolist()
         cutoff = _RTOL * eigenvalue_list[-1]

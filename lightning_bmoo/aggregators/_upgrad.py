@@ -17,7 +17,7 @@ _VANISHING = 1e-6
 # Once the bias is refined away, a larger ridge only damps rounding noise in singular systems.
 _REFINED_RIDGE = 1e-12
 # Up to this many tasks the projections are solved one by one on Python floats.
-_FLOAT_MAX_TASKS = 6
+_FLOAT_MAX_TASKS = 7
 
 
 class UPGrad(Aggregator):
