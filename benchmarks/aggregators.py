@@ -83,6 +83,8 @@ def torchjd_weighting(name: str) -> Callable[[Tensor], Tensor] | str:
         "imtl_g": jd.IMTLGWeighting,
         "aligned_mtl": jd.AlignedMTLWeighting,
         "upgrad": jd.UPGradWeighting,
+        # Softmax of Gaussian draws (Lin et al.'s RLW) from the global RNG; ours is Dirichlet(1).
+        "random": jd.RandomWeighting,
     }
     if name not in builders:
         # TorchJD's Nash-MTL weighting needs cvxpy and works on the Jacobian, not a Gramian.

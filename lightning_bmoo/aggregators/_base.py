@@ -83,6 +83,16 @@ def _full_check(K: Tensor) -> None:
         )
 
 
+def _conventional(diag: list[float]) -> Tensor | None:
+    """The weights every method gives for one task or a zero Gramian; ``None`` otherwise."""
+    T = len(diag)
+    if T == 1:
+        return torch.ones(1, dtype=torch.float64)
+    if max(diag) == 0:
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    return None
+
+
 class Aggregator(ABC):
     """Maps the Gramian ``K = G G^T`` of ``T`` task gradients to weights ``w`` (length ``T``).
 
@@ -129,14 +139,11 @@ class Aggregator(ABC):
         validate: bool = True,
     ) -> Tensor:
         K, diag, tasks = self._prepared(gramian, tasks, validate)
-        T = len(diag)
-        if T == 1:
-            return torch.ones(1, dtype=torch.float64)
-        scale = max(diag)
-        if scale == 0:
-            return torch.full((T,), 1.0 / T, dtype=torch.float64)
+        fixed = _conventional(diag)
+        if fixed is not None:
+            return fixed
         # Scaling copies K: methods may edit what they get.
-        weights = self._weights(K / scale, tasks=tasks, key=key, generator=generator)
+        weights = self._weights(K / max(diag), tasks=tasks, key=key, generator=generator)
         return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
 
     def _prepared(

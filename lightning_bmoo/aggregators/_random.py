@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor
 
-from ._base import Aggregator, StochasticMixin
+from ._base import Aggregator, StochasticMixin, _conventional
 
 
 class RandomWeights(StochasticMixin, Aggregator):
@@ -39,6 +39,23 @@ class RandomWeights(StochasticMixin, Aggregator):
 
     def _options(self) -> dict[str, int]:
         return {"seed": self.seed}
+
+    def __call__(
+        self,
+        gramian: Tensor,
+        *,
+        tasks: Sequence[Hashable] | None = None,
+        key: Hashable = None,
+        generator: torch.Generator | None = None,
+        validate: bool = True,
+    ) -> Tensor:
+        """As :meth:`Aggregator.__call__`, without scaling or copying ``K``: the draw needs
+        only ``T``."""
+        K, diag, names = self._prepared(gramian, tasks, validate)
+        fixed = _conventional(diag)
+        if fixed is not None:
+            return fixed
+        return self._weights(K, tasks=names, key=key, generator=generator)
 
     def _weights(
         self,

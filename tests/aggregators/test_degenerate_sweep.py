@@ -122,3 +122,22 @@ def test_imtl_g_equal_projections_where_full_rank():
             assert error <= 1e-12 * spread, (family, T, b, projections)
             checked += 1
     assert checked >= 2_000
+
+
+def test_nash_mtl_not_conflicting_where_the_bargaining_solution_exists():
+    # The solution exists when 0 is outside the convex hull of the unit gradients; where it is
+    # clearly outside (min-norm point of that hull longer than 0.1, computed by MGDA on the
+    # cosine matrix), every task improves. Elsewhere the ridge-regularised answer may conflict.
+    checked = 0
+    mgda = get_aggregator("mgda")
+    for (family, T, Ks), W in zip(sweep(), solved("nash_mtl", ())):
+        for b, (K, w) in enumerate(zip(Ks, W)):
+            C = cosines(K)
+            if len(C) < 2:
+                continue
+            v = mgda(C)
+            if not float(v @ C @ v) > 1e-2:
+                continue
+            assert not conflicts(K[None], w[None]).any(), (family, T, b)
+            checked += 1
+    assert checked >= 1_000
