@@ -117,9 +117,10 @@ class Aggregator(ABC):
         generator: source of randomness for stochastic methods. Defaults to the
             aggregator's own generator, seeded at construction. Never the global RNG.
         validate: check the Gramian (see :func:`check_gramian`). ``False`` is a fast path for
-            callers that guarantee a float64 CPU Gramian that is exactly symmetric, finite and
-            has a non-negative diagonal (the bucket-MOO hook builds its own); it skips the
-            checks and their synchronisations, not the conventions above. Anything else then
+            callers that guarantee a Gramian that is finite, has a non-negative diagonal and
+            is symmetric up to rounding (the bucket-MOO hook builds its own); it skips the
+            checks and their synchronisations, not the conventions above (it converts to
+            float64 on the CPU and symmetrises as the checked path does). Anything else then
             gives undefined weights rather than an error.
     """
 
@@ -138,30 +139,38 @@ class Aggregator(ABC):
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> Tensor:
-        K, diag, tasks = self._prepared(gramian, tasks, validate)
+        K, diag, exact, tasks = self._prepared(gramian, tasks, validate)
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
-        # Scaling copies K: methods may edit what they get.
-        weights = self._weights(K / max(diag), tasks=tasks, key=key, generator=generator)
+        # Scaling copies K (methods may edit what they get); symmetrising after scaling keeps
+        # exactly symmetric input bitwise unchanged, so both paths give the same weights.
+        K = K / max(diag)
+        if not exact:
+            K = (K + K.T) / 2
+        weights = self._weights(K, tasks=tasks, key=key, generator=generator)
         return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
 
     def _prepared(
         self, gramian: Tensor, tasks: Sequence[Hashable] | None, validate: bool
-    ) -> tuple[Tensor, list[float], tuple[Hashable, ...]]:
-        """The exactly symmetric float64 CPU Gramian, its diagonal and the task names."""
+    ) -> tuple[Tensor, list[float], bool, tuple[Hashable, ...]]:
+        """The float64 CPU Gramian, its diagonal, whether it is exactly symmetric (else it is
+        up to rounding) and the task names."""
         if validate:
             K, diag, exact = _checked(gramian)
-            if not exact:
-                K = (K + K.T) / 2
         else:
-            K, diag = gramian, gramian.diagonal().tolist()
+            K = gramian
+            if K.dtype is not torch.float64 or not K.is_cpu:
+                K = K.to(device="cpu", dtype=torch.float64)
+            # Not checked: symmetrised anyway (one op), as Gramians summed over chunks or
+            # ranks are symmetric only up to rounding.
+            diag, exact = K.diagonal().tolist(), False
         T = len(diag)
         if tasks is None:
-            return K, diag, tuple(range(T))
+            return K, diag, exact, tuple(range(T))
         if len(tasks) != T:
             raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
-        return K, diag, tuple(tasks)
+        return K, diag, exact, tuple(tasks)
 
     @abstractmethod
     def _weights(

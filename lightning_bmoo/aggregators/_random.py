@@ -51,7 +51,7 @@ class RandomWeights(StochasticMixin, Aggregator):
     ) -> Tensor:
         """As :meth:`Aggregator.__call__`, without scaling or copying ``K``: the draw needs
         only ``T``."""
-        K, diag, names = self._prepared(gramian, tasks, validate)
+        K, diag, _, names = self._prepared(gramian, tasks, validate)
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed

@@ -172,9 +172,13 @@ def fresh_weights(name, K, **kwargs):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16])
-def test_trusted_path_gives_the_same_weights(name, kind, T):
+@pytest.mark.parametrize("exact", [True, False])
+def test_trusted_path_gives_the_same_weights(name, kind, T, exact):
     K = gramian(sample_gradients(kind, T, seed=4))
-    K = (K + K.T) / 2  # exactly symmetric, as the hook builds it
+    K = (K + K.T) / 2
+    if not exact and T > 1:
+        # Symmetric only up to rounding, as Gramians summed over chunks or ranks are.
+        K[0, 1] += 1e-13 * float(K[0, 0] * K[1, 1]) ** 0.5
     copy = K.clone()
     trusted = fresh_weights(name, K, validate=False)
     assert torch.equal(trusted, fresh_weights(name, K))
