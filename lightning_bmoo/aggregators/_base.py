@@ -117,11 +117,12 @@ class Aggregator(ABC):
         generator: source of randomness for stochastic methods. Defaults to the
             aggregator's own generator, seeded at construction. Never the global RNG.
         validate: check the Gramian (see :func:`check_gramian`). ``False`` is a fast path for
-            callers that guarantee a Gramian that is finite, has a non-negative diagonal and
-            is symmetric up to rounding (the bucket-MOO hook builds its own); it skips the
-            checks and their synchronisations, not the conventions above (it converts to
-            float64 on the CPU and symmetrises as the checked path does). Anything else then
-            gives undefined weights rather than an error.
+            callers that guarantee a Gramian that is finite, exactly symmetric and has a
+            non-negative diagonal (the bucket-MOO hook builds its own); it skips the checks
+            and their synchronisations, not the conventions above. Anything else then gives
+            undefined weights rather than an error. Gramians summed over chunks or ranks are
+            symmetric only up to rounding: symmetrise them once, e.g. ``(K + K.mT) / 2`` over
+            a whole stack of them.
     """
 
     name: ClassVar[str]
@@ -162,9 +163,9 @@ class Aggregator(ABC):
             K = gramian
             if K.dtype is not torch.float64 or not K.is_cpu:
                 K = K.to(device="cpu", dtype=torch.float64)
-            # Not checked: symmetrised anyway (one op), as Gramians summed over chunks or
-            # ranks are symmetric only up to rounding.
-            diag, exact = K.diagonal().tolist(), False
+            # Exact symmetry is the caller's promise: symmetrising here would cost about as
+            # much as the checks it replaces.
+            diag, exact = K.diagonal().tolist(), True
         T = len(diag)
         if tasks is None:
             return K, diag, exact, tuple(range(T))
