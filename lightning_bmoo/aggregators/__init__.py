@@ -13,10 +13,22 @@ from ._mean import Mean
 from ._mgda import MGDA
 from ._nash_mtl import NashMTL
 from ._pcgrad import PCGrad
+from ._random import RandomWeights
 from ._registry import available_aggregators, get_aggregator, register_aggregator
 from ._upgrad import UPGrad
 
-for _cls in (Mean, MGDA, PCGrad, CAGrad, GradVac, NashMTL, IMTLG, AlignedMTL, UPGrad):
+for _cls in (
+    Mean,
+    MGDA,
+    PCGrad,
+    CAGrad,
+    GradVac,
+    NashMTL,
+    IMTLG,
+    AlignedMTL,
+    UPGrad,
+    RandomWeights,
+):
     register_aggregator(_cls)
 
 __all__ = [
@@ -29,6 +41,7 @@ __all__ = [
     "Mean",
     "NashMTL",
     "PCGrad",
+    "RandomWeights",
     "StatefulAggregator",
     "UPGrad",
     "available_aggregators",

@@ -41,18 +41,18 @@ def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
             f"{tuple(gramian.shape)}. Build it as G @ G.T from the T x n task gradients."
         )
     # Aggregators run hundreds of times per step on tiny matrices, where each torch op costs
-    # microseconds: the common case is settled with two ops and one sync, and anything
-    # unusual falls through to the full check below, which alone raises.
+    # microseconds: the common case is settled with three ops, and anything unusual falls
+    # through to the checks below, which alone raise.
     K = gramian.detach() if gramian.requires_grad else gramian
-    if K.dtype != torch.float64 or K.device.type != "cpu":
+    if K.dtype is not torch.float64 or not K.is_cpu:
         K = K.to(device="cpu", dtype=torch.float64)
-    # max |K - K^T| is 0 only if K is exactly symmetric and finite (inf - inf is NaN); if
-    # it is finite, so is every entry.
-    asym = float(torch.dist(K, K.T, p=math.inf))
     diag = K.diagonal().tolist()
     low = min(diag)
-    if asym == 0.0 and low >= 0.0:
+    # A finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN).
+    if low >= 0.0 and torch.equal(K, K.t()) and math.isfinite(K.sum().item()):
         return K, diag, True
+    # max |K - K^T| is finite only if every entry is (inf - inf is NaN, NaN compares False).
+    asym = float(torch.dist(K, K.T, p=math.inf))
     # sqrt(K_ii K_jj) >= min_i K_ii, so this passes only what the full check passes; the
     # bound on low keeps K_ii K_jj clear of underflow, which the full check is subject to.
     if asym <= _SYMMETRY_RTOL * (1.0 - 1e-9) * low and low > 1e-140:
@@ -83,6 +83,16 @@ def _full_check(K: Tensor) -> None:
         )
 
 
+def _conventional(diag: list[float]) -> Tensor | None:
+    """The weights every method gives for one task or a zero Gramian; ``None`` otherwise."""
+    T = len(diag)
+    if T == 1:
+        return torch.ones(1, dtype=torch.float64)
+    if max(diag) == 0:
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
+    return None
+
+
 class Aggregator(ABC):
     """Maps the Gramian ``K = G G^T`` of ``T`` task gradients to weights ``w`` (length ``T``).
 
@@ -106,6 +116,13 @@ class Aggregator(ABC):
         key: which state to use for stateful methods (one per bucket or parameter group).
         generator: source of randomness for stochastic methods. Defaults to the
             aggregator's own generator, seeded at construction. Never the global RNG.
+        validate: check the Gramian (see :func:`check_gramian`). ``False`` is a fast path for
+            callers that guarantee a Gramian that is finite, exactly symmetric and has a
+            non-negative diagonal (the bucket-MOO hook builds its own); it skips the checks
+            and their synchronisations, not the conventions above. Anything else then gives
+            undefined weights rather than an error. Gramians summed over chunks or ranks are
+            symmetric only up to rounding: symmetrise them once, e.g. ``(K + K.mT) / 2`` over
+            a whole stack of them.
     """
 
     name: ClassVar[str]
@@ -121,22 +138,40 @@ class Aggregator(ABC):
         tasks: Sequence[Hashable] | None = None,
         key: Hashable = None,
         generator: torch.Generator | None = None,
+        validate: bool = True,
     ) -> Tensor:
-        K, diag, exact = _checked(gramian)
-        T = K.shape[0]
-        if tasks is None:
-            tasks = tuple(range(T))
-        elif len(tasks) != T:
-            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
-        if T == 1:
-            return torch.ones(1, dtype=torch.float64)
-        scale = max(diag)
-        if scale == 0:
-            return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        # Symmetrising and scaling make a new tensor in both branches: methods may edit it.
-        K = K / scale if exact else (K + K.T) / (2.0 * scale)
-        weights = self._weights(K, tasks=tuple(tasks), key=key, generator=generator)
+        K, diag, exact, tasks = self._prepared(gramian, tasks, validate)
+        fixed = _conventional(diag)
+        if fixed is not None:
+            return fixed
+        # Scaling copies K (methods may edit what they get); symmetrising after scaling keeps
+        # exactly symmetric input bitwise unchanged, so both paths give the same weights.
+        K = K / max(diag)
+        if not exact:
+            K = (K + K.T) / 2
+        weights = self._weights(K, tasks=tasks, key=key, generator=generator)
         return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
+
+    def _prepared(
+        self, gramian: Tensor, tasks: Sequence[Hashable] | None, validate: bool
+    ) -> tuple[Tensor, list[float], bool, tuple[Hashable, ...]]:
+        """The float64 CPU Gramian, its diagonal, whether it is exactly symmetric (else it is
+        up to rounding) and the task names."""
+        if validate:
+            K, diag, exact = _checked(gramian)
+        else:
+            K = gramian
+            if K.dtype is not torch.float64 or not K.is_cpu:
+                K = K.to(device="cpu", dtype=torch.float64)
+            # Exact symmetry is the caller's promise: symmetrising here would cost about as
+            # much as the checks it replaces.
+            diag, exact = K.diagonal().tolist(), True
+        T = len(diag)
+        if tasks is None:
+            return K, diag, exact, tuple(range(T))
+        if len(tasks) != T:
+            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
+        return K, diag, exact, tuple(tasks)
 
     @abstractmethod
     def _weights(

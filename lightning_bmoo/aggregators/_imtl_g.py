@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
+from operator import mul
 
 import torch
 from torch import Tensor
@@ -43,20 +45,36 @@ class IMTLG(Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
+        T = K.shape[0]
+        if T == 2:
+            # C = [[1, c], [c, 1]] has C^+ 1 = 1 / (1 + c) along 1 whenever that eigenvalue is
+            # kept: the weights are the inverse norms normalised, unless the gradients are
+            # (nearly) exactly opposite; a zero gradient gets weight 0.
+            (k11, k12), (_, k22) = K.tolist()
+            inv_norms = [x**-0.5 if x > 0.0 else 0.0 for x in (k11, k22)]
+            c = k12 * inv_norms[0] * inv_norms[1]
+            if 1.0 + c > _RTOL * (1.0 + abs(c)):
+                total = inv_norms[0] + inv_norms[1]
+                return torch.tensor([x / total for x in inv_norms], dtype=torch.float64)
+            return torch.full((2,), 0.5, dtype=torch.float64)
         # Scalars in Python, few tensor ops: each tiny op costs microseconds at these sizes.
-        inv_norms = torch.tensor(
-            [x**-0.5 if x > 0.0 else 0.0 for x in K.diagonal().tolist()], dtype=torch.float64
-        )
-        eigenvalues, V = torch.linalg.eigh(K * torch.outer(inv_norms, inv_norms))
+        inv = K.diagonal().rsqrt()
+        inv_norms = inv.tolist()
+        if math.inf in inv_norms:  # zero gradients: D^+ has 0 there
+            inv_norms = [0.0 if x == math.inf else x for x in inv_norms]
+            inv = torch.tensor(inv_norms, dtype=torch.float64)
+        eigenvalues, V = torch.linalg.eigh(K * torch.outer(inv, inv))
         eigenvalue_list = eigenvalues.tolist()
         cutoff = _RTOL * eigenvalue_list[-1]
-        inv_eigenvalues = torch.tensor(
-            [1.0 / x if x > cutoff else 0.0 for x in eigenvalue_list], dtype=torch.float64
-        )
-        # C^+ 1 with V.sum(0) = V^T 1: a zero gradient's row of C is zero, so every kept
-        # eigenvector vanishes there, and D^+ gives it weight 0 anyway.
-        v = (inv_norms * (V @ (inv_eigenvalues * V.sum(dim=0)))).tolist()
+        # C^+ 1 = V diag(1 / lambda) V^T 1 over the kept eigenvalues: a zero gradient's row of
+        # C is zero, so every kept eigenvector vanishes there, and D^+ gives it weight 0 anyway.
+        rows = V.tolist()
+        coefs = [
+            s / x if x > cutoff else 0.0
+            for s, x in zip(map(sum, zip(*rows)), eigenvalue_list, strict=True)
+        ]
+        v = [n * sum(map(mul, row, coefs)) for n, row in zip(inv_norms, rows, strict=True)]
         total = sum(v)
         if abs(total) <= 1e-12 * sum(map(abs, v)):
-            return torch.full((len(v),), 1.0 / len(v), dtype=torch.float64)
+            return torch.full((T,), 1.0 / T, dtype=torch.float64)
         return torch.tensor([x / total for x in v], dtype=torch.float64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 
 import torch
 from torch import Tensor
@@ -18,6 +18,22 @@ class Mean(Aggregator):
     """
 
     name = "mean"
+
+    def __call__(
+        self,
+        gramian: Tensor,
+        *,
+        tasks: Sequence[Hashable] | None = None,
+        key: Hashable = None,
+        generator: torch.Generator | None = None,
+        validate: bool = True,
+    ) -> Tensor:
+        """As :meth:`Aggregator.__call__`, without scaling or copying ``K``: 1/T needs only T."""
+        if validate or tasks is not None:
+            T = len(self._prepared(gramian, tasks, validate)[1])
+        else:
+            T = gramian.shape[0]
+        return torch.full((T,), 1.0 / T, dtype=torch.float64)
 
     def _weights(
         self,

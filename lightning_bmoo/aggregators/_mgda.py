@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 
 import torch
 from torch import Tensor
 
 from ._base import Aggregator
-from ._qp import RIDGE, TOL, nonneg_qp, unit_diagonal
+from ._qp import RIDGE, TOL, nonneg_qp, nonneg_qp_floats, unit_diagonal
+
+# Up to this many tasks the dual is solved on Python floats, where it beats tensor ops.
+_FLOAT_MAX_TASKS = 8
 
 
 class MGDA(Aggregator):
@@ -38,6 +42,10 @@ class MGDA(Aggregator):
         T = K.shape[0]
         if T == 2:
             return _two_tasks(K)
+        if T <= _FLOAT_MAX_TASKS:
+            w = _float_weights(K.tolist())
+            if w is not None:
+                return torch.tensor(w, dtype=torch.float64)
         K1, r, s = unit_diagonal(K)
         if r.min() == 0:
             # A zero gradient is in the hull: the min-norm point is 0.
@@ -53,6 +61,24 @@ class MGDA(Aggregator):
             x = nonneg_qp(K1, -s[None, :], free=(x > 0)[None, :])[0]
         alpha = s * x
         return alpha / alpha.sum()
+
+
+def _float_weights(K: list[list[float]]) -> list[float] | None:
+    """``_weights`` on Python floats (the same dual and solver); ``None`` if it fails."""
+    T = len(K)
+    r = [math.sqrt(K[i][i]) for i in range(T)]
+    if 0.0 in r:
+        zero = [float(ri == 0.0) for ri in r]
+        return [z / sum(zero) for z in zero]
+    s = [1.0 / ri for ri in r]
+    K1 = [[kij * si * sj for kij, sj in zip(Ki, s)] for Ki, si in zip(K, s)]
+    # Every coordinate of c = -s is a descent one: the first free set is the full support.
+    x = nonneg_qp_floats(K1, [-si for si in s])
+    if x is None:
+        return None
+    alpha = [si * xi for si, xi in zip(s, x)]
+    total = sum(alpha)
+    return [a / total for a in alpha]
 
 
 def _two_tasks(K: Tensor) -> Tensor:

@@ -10,13 +10,12 @@ import torch
 from torch import Tensor
 
 from ._base import StatefulAggregator
-from ._qp import cholesky_floats, cholesky_solve_floats
 
 # Diagonal entries below this (after normalisation to a largest diagonal of 1) are zero
 # gradients: their utility log(g_i . d) is -inf whatever d, so they get weight 0.
 _ZERO = 1e-200
 # Up to this many tasks Newton runs on Python floats.
-_FLOAT_MAX_TASKS = 6
+_FLOAT_MAX_TASKS = 8
 # A squared Newton decrement whose square is at rounding level (relative residual ~1e-16).
 _ROUNDING_LAM2 = 1e-16
 
@@ -186,11 +185,16 @@ def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, in
 
 def _converged(lam2: float, prev: float, tol: float) -> bool:
     """Whether Newton stops after the step of squared decrement ``lam2`` (``prev`` before)."""
-    # At the tolerance; or when the full step just taken leaves a decrement at rounding level
-    # (for self-concordant f it at most squares, lambda+ <= (lambda / (1 - lambda))^2), which
-    # spares an iteration that would only confirm it; or when Newton stops converging
-    # quadratically: then rounding (a near-singular K) sets the floor.
-    return lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev)
+    # At the tolerance; or when the full step just taken leaves a decrement below the tolerance
+    # or at rounding level (for self-concordant f it at most squares, lambda+ <= (lambda /
+    # (1 - lambda))^2), which spares an iteration that would only confirm it; or when Newton
+    # stops converging quadratically: then rounding (a near-singular K) sets the floor.
+    if lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev):
+        return True
+    if lam2 >= 1 / 16:
+        return False  # a damped step: no bound
+    lam = math.sqrt(lam2)
+    return (lam / (1.0 - lam)) ** 4 < tol
 
 
 def _newton_floats(
@@ -199,22 +203,33 @@ def _newton_floats(
     """:func:`_newton` on Python floats; ``None`` if a Newton system does not factorise."""
     prev = math.inf
     for it in range(1, max_iter + 1):
-        r = [ai * sum(map(mul, Ki, a)) - 1.0 for ai, Ki in zip(a, K, strict=True)]
-        M = [
-            [kij * ai * aj for kij, aj in zip(Ki, a, strict=True)]
-            for Ki, ai in zip(K, a, strict=True)
-        ]
-        factor = cholesky_floats(M, 1.0)
-        if factor is None:
-            return None
-        u = cholesky_solve_floats(factor, r)
-        lam2 = sum(map(mul, r, u))
+        r = [ai * sum(map(mul, Ki, a)) - 1.0 for ai, Ki in zip(a, K)]
+        # Cholesky of M = I + D K D (lower triangle only) fused with the forward solve
+        # L y = r, so that lam2 = r^T M^-1 r = |y|^2 before the back substitution.
+        L: list[list[float]] = []
+        y: list[float] = []
+        for i, (Ki, ai, ri) in enumerate(zip(K, a, r)):
+            Mi = [ai * kij * aj for kij, aj in zip(Ki[: i + 1], a)]
+            Li: list[float] = []
+            for Mij, Lj in zip(Mi, L):
+                Li.append((Mij - sum(map(mul, Li, Lj))) / Lj[-1])
+            d = 1.0 + Mi[i] - sum(map(mul, Li, Li))
+            if not d > 0.0:
+                return None
+            d = math.sqrt(d)
+            y.append((ri - sum(map(mul, Li, y))) / d)
+            Li.append(d)
+            L.append(Li)
+        lam2 = sum(map(mul, y, y))
+        u = y
+        for i in range(len(L) - 1, -1, -1):
+            u[i] = (y[i] - sum(L[k][i] * u[k] for k in range(i + 1, len(L)))) / L[i][i]
         if lam2 >= 1 / 16:
             to_boundary = 0.9 / max(max(u), 1e-300)
             t = min(1.0, max(to_boundary, 1.0 / (1.0 + math.sqrt(lam2))))
         else:
             t = 1.0
-        a = [ai - t * ai * ui for ai, ui in zip(a, u, strict=True)]
+        a = [ai - t * ai * ui for ai, ui in zip(a, u)]
         if _converged(lam2, prev, tol):
             return a, it
         prev = lam2

@@ -26,6 +26,9 @@ _BACKUP = 3
 # indexing costs more than the smaller factorisations save.
 _COMPACT_MIN = 24
 
+#: A Cholesky factor on Python floats: its rows, and its columns below the diagonal.
+Factor = tuple[list[list[float]], list[list[float]]]
+
 
 def unit_diagonal(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Rescales a Gramian to unit diagonal: returns ``(K', r, s)`` with ``K' = S K S``.
@@ -36,8 +39,8 @@ def unit_diagonal(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     well conditioned.
     """
     r = K.diagonal().sqrt()
-    # The masked reciprocal only when needed: it costs two more ops on every call.
-    s = 1.0 / r if r.min() > 0 else torch.where(r > 0, 1.0 / r, 0.0)
+    # 1 / 0 = inf becomes 0: no test (and no sync) for zero gradients.
+    s = r.reciprocal().nan_to_num_(posinf=0.0)
     return K * torch.outer(s, s), r, s
 
 
@@ -91,7 +94,7 @@ def _pivot(
     Q = torch.add(K, eye, alpha=ridge)
     # x = 0 off the free set and y = 0 on it (up to rounding far below the tolerance), so the
     # sign test on both is one test on x + y = x (Q + I) + c.
-    Q_plus_eye = torch.add(K, eye, alpha=1.0 + ridge)
+    Q_plus_eye = torch.add(Q, eye)
     neg_tol_c = torch.linalg.vector_norm(c, math.inf, 1, keepdim=True).mul_(-TOL)
     if free is None:
         # Start from x = 0 with every descent coordinate freed: the first block exchange.
@@ -100,14 +103,15 @@ def _pivot(
             return torch.zeros_like(c)
     neg_c = (-c).unsqueeze_(-1)
     # Kim & Park's bookkeeping is per problem and scalar: on Python ints it costs no tensor
-    # ops, which at this size cost more than the factorisations.
+    # ops, which at this size cost more than the factorisations. Their rule exchanges whole
+    # blocks in the first _BACKUP + 1 rounds whatever the counts, so counting starts after.
     best = [T + 1] * B
     backup = [_BACKUP] * B
     # Finished problems leave the batch once they are the majority (see _COMPACT_MIN): their
     # solutions are kept in ``out`` at rows ``rows`` of the batch.
     out: Tensor | None = None
     rows: Tensor | None = None
-    for _ in range(8 * T + 32 if max_pivots is None else max_pivots):
+    for it in range(8 * T + 32 if max_pivots is None else max_pivots):
         # The system Q_FF x_F = -c_F, padded with identity rows so that x is 0 off the free set.
         L, info = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Q, eye))
         x = torch.cholesky_solve(neg_c * free[:, :, None], L).squeeze_(-1)
@@ -115,6 +119,11 @@ def _pivot(
             neg_tol_c, torch.linalg.vector_norm(x, math.inf, 1, keepdim=True), alpha=-TOL
         )
         bad = torch.addmm(c, x, Q_plus_eye) < neg_tol
+        if it <= _BACKUP:
+            if not bad.any():
+                break
+            free = free ^ bad
+            continue
         n_bad = bad.sum(1).tolist()
         if not any(n_bad):
             break
@@ -154,10 +163,24 @@ def _pivot(
     if info.any():
         raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
     if refine:
-        x = x + _unbias(x, ridge, free, L)
+        step = _unbias(x, ridge, free, L)
+        x = x + step.mul_(_feasible_fraction(x, step))
     if out is not None:
         x = out.index_copy_(0, rows, x)
     return x.clamp_min(0.0)
+
+
+def _feasible_fraction(x: Tensor, step: Tensor) -> Tensor:
+    """The largest ``t`` in ``[0, 1]`` (per row) with ``x + t step >= 0``.
+
+    The bias correction moves mostly along near-null directions of ``K_FF``, where ``y`` barely
+    changes. Where ``K_FF`` is near-singular (eigenvalues near the ridge) it can still push an
+    entry below zero; clipping that entry alone would be an O(1) move in a direction that is
+    not null, breaking ``y >= 0`` (an update that conflicts with a task). Shortening the whole
+    step keeps ``x >= 0`` and ``y`` where the pivoting left it.
+    """
+    ratio = torch.where(step < 0, x.clamp_min(0.0) / -step, math.inf)
+    return ratio.amin(-1, keepdim=True).clamp_(max=1.0)
 
 
 def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
@@ -178,71 +201,76 @@ def nonneg_qp_floats(
     *,
     ridge: float = RIDGE,
     refine: bool = False,
-    cache: dict[int, tuple[list[list[float]], list[list[float]]] | None] | None = None,
+    cache: dict[tuple[int, ...], tuple[Factor, list[list[float]]]] | None = None,
+    free: list[int] | None = None,
 ) -> list[float] | None:
     """:func:`nonneg_qp` for one linear term, on Python floats.
 
     The same pivoting rule, tolerances and ridge, so the same solution up to rounding, but
     without tensor ops: a tiny problem costs microseconds instead of a hundred. ``cache``
-    maps free sets (bit masks) to their Cholesky factors, so that problems sharing ``K`` and
-    ``ridge`` (UPGrad's ``T`` projections) factorise each distinct free set once.
+    maps free sets to their Cholesky factors, so that problems sharing ``K`` and ``ridge``
+    (UPGrad's ``T`` projections) factorise each distinct free set once. ``free`` is a guess of
+    the support (sorted indices), as in :func:`nonneg_qp`.
 
     Returns ``None`` where a factorisation fails (``K`` not positive semi-definite): the
     caller falls back to :func:`nonneg_qp`, which lifts the ridge.
     """
     T = len(c)
+    neg_tol_c = -TOL * max(map(abs, c))
+    F = [j for j in range(T) if c[j] < neg_tol_c] if free is None else free
+    if not F and free is None:
+        return [0.0] * T
     if cache is None:
         cache = {}
-    neg_tol_c = -TOL * max(map(abs, c))
-    free = [cj < neg_tol_c for cj in c]
-    if not any(free):
-        return [0.0] * T
     best, backup = T + 1, _BACKUP
     for _ in range(8 * T + 32):
-        F = [j for j in range(T) if free[j]]
-        mask = sum(1 << j for j in F)
-        if mask in cache:
-            factor = cache[mask]
-        else:
-            factor = cache[mask] = cholesky_floats([[K[a][b] for b in F] for a in F], ridge)
-        if factor is None:
-            return None
+        key = tuple(F)
+        entry = cache.get(key)
+        if entry is None:
+            factor = cholesky_floats([[K[a][b] for b in F] for a in F], ridge)
+            if factor is None:
+                return None
+            entry = cache[key] = (factor, [K[f] for f in F])
+        factor, rows = entry
         xF = cholesky_solve_floats(factor, [-c[j] for j in F])
-        neg_tol = neg_tol_c - TOL * max(map(abs, xF))
+        # Block exchanges can empty the free set (every free variable came out negative):
+        # then x = 0, as in nonneg_qp, whose norm of a zero row is 0.
+        neg_tol = neg_tol_c - TOL * max(map(abs, xF), default=0.0)
         # The sign test of nonneg_qp on x + y: x on the free set, y = K x + c off it.
-        z = c
-        for j, xj in zip(F, xF, strict=True):
-            z = [zk + xj * Kjk for zk, Kjk in zip(z, K[j], strict=True)]
-        for j, xj in zip(F, xF, strict=True):
+        if len(F) > 1:
+            z = [cj + sum(map(mul, col, xF)) for cj, col in zip(c, zip(*rows))]
+        elif F:
+            (x0,), (r0,) = xF, rows
+            z = [cj + x0 * a for cj, a in zip(c, r0)]
+        else:
+            z = list(c)
+        for j, xj in zip(F, xF):
             z[j] = xj
-        bad = [zj < neg_tol for zj in z]
-        n_bad = sum(bad)
-        if not n_bad:
+        bad = [j for j in range(T) if z[j] < neg_tol]
+        if not bad:
             break
-        if n_bad < best:
-            best, backup = n_bad, _BACKUP
+        if len(bad) < best:
+            best, backup = len(bad), _BACKUP
         else:
             backup -= 1
-        if backup >= 0:
-            free = [f ^ b for f, b in zip(free, bad, strict=True)]
-        else:
-            last = T - 1 - bad[::-1].index(True)
-            free[last] = not free[last]
+        # Kim & Park's rule as in nonneg_qp: every infeasible variable, or only the last one.
+        F = sorted(set(F).symmetric_difference(bad if backup >= 0 else bad[-1:]))
     if refine:
         # nonneg_qp's _unbias on the free set's factor.
         step = cholesky_solve_floats(factor, [ridge * xj for xj in xF])
         back = cholesky_solve_floats(factor, [ridge * sj for sj in step])
-        xF = [xj + sj - bj for xj, sj, bj in zip(xF, step, back, strict=True)]
+        delta = [sj - bj for sj, bj in zip(step, back)]
+        # As _feasible_fraction: shorten the correction rather than clip entries.
+        t = min([max(xj, 0.0) / -dj for xj, dj in zip(xF, delta) if dj < 0.0], default=1.0)
+        xF = [xj + min(t, 1.0) * dj for xj, dj in zip(xF, delta)]
     x = [0.0] * T
-    for j, xj in zip(F, xF, strict=True):
+    for j, xj in zip(F, xF):
         if xj > 0.0:
             x[j] = xj
     return x
 
 
-def cholesky_floats(
-    A: list[list[float]], ridge: float
-) -> tuple[list[list[float]], list[list[float]]] | None:
+def cholesky_floats(A: list[list[float]], ridge: float) -> Factor | None:
     """Returns the rows and the columns below the diagonal of the Cholesky factor of A + ridge I.
 
     ``None`` if ``A + ridge I`` is not (numerically) positive definite.
@@ -262,9 +290,7 @@ def cholesky_floats(
     return L, cols
 
 
-def cholesky_solve_floats(
-    factor: tuple[list[list[float]], list[list[float]]], b: list[float]
-) -> list[float]:
+def cholesky_solve_floats(factor: Factor, b: list[float]) -> list[float]:
     """Solves ``A x = b`` given the factor of ``A`` from :func:`cholesky_floats`."""
     L, cols = factor
     y: list[float] = []

@@ -17,7 +17,7 @@ _VANISHING = 1e-6
 # Once the bias is refined away, a larger ridge only damps rounding noise in singular systems.
 _REFINED_RIDGE = 1e-12
 # Up to this many tasks the projections are solved one by one on Python floats.
-_FLOAT_MAX_TASKS = 6
+_FLOAT_MAX_TASKS = 7
 
 
 class UPGrad(Aggregator):
@@ -107,7 +107,10 @@ def _float_projections(K: Tensor) -> tuple[list[list[float]], list[float], list[
             return None
         # As in _tensor_projections, but only the problems that need it are solved again.
         if sum(map(mul, Ki, x)) < _VANISHING - 1.0:
-            x = nonneg_qp_floats(K1, Ki, ridge=_REFINED_RIDGE, refine=True, cache=refined_cache)
+            support = [j for j, xj in enumerate(x) if xj > 0.0]
+            x = nonneg_qp_floats(
+                K1, Ki, ridge=_REFINED_RIDGE, refine=True, cache=refined_cache, free=support
+            )
             if x is None:
                 return None
         X.append(x)
@@ -123,5 +126,7 @@ def _tensor_projections(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     # |d_i|^2 = 1 + K1_i . x_i at the optimum. Where some projection (nearly) vanishes, the
     # ridge's O(1e-14) bias is no longer small next to it: solve again without the bias.
     if (K1 * X).sum(1).min() < _VANISHING - 1.0:
-        X = nonneg_qp(K1, K1, ridge=_REFINED_RIDGE, refine=True)
+        # Warm: the supports barely move with the ridge, and pivoting from scratch on the
+        # near-singular Gramians where projections vanish can take dozens of rounds.
+        X = nonneg_qp(K1, K1, ridge=_REFINED_RIDGE, refine=True, free=X > 0)
     return X, r, s

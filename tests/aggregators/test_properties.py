@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_bmoo.aggregators import available_aggregators, get_aggregator
+from lightning_bmoo.aggregators import _base, available_aggregators, get_aggregator
 
 from .samplers import KINDS, gramian, sample_gradients
 
@@ -46,12 +46,13 @@ def test_shape_dtype_and_finite(name, kind, T):
 
 
 # A random visiting order (PCGrad, GradVac) is only equivariant in distribution, except
-# for two tasks, where there is nothing to order.
+# for two tasks, where there is nothing to order. Random weights do not follow the tasks.
+NOT_EQUIVARIANT = {"random"}
 EQUIVARIANT = [
     (name, T)
     for name in NAMES
     for T in (2, 3, 5, 8)
-    if T == 2 or not get_aggregator(name).stochastic
+    if name not in NOT_EQUIVARIANT and (T == 2 or not get_aggregator(name).stochastic)
 ]
 
 
@@ -60,6 +61,8 @@ EQUIVARIANT = [
 def test_permutation_equivariant(name, kind, T):
     G = sample_gradients(kind, T, seed=1)
     perm = torch.randperm(T, generator=torch.Generator().manual_seed(T))
+    if torch.equal(perm, torch.arange(T)):
+        perm = perm.roll(1)  # the draw for T = 2 is the identity, which would test nothing
     w = weights(name, gramian(G))
     w_perm = weights(name, gramian(G[perm]))
     d, d_perm = w @ G, w_perm @ G[perm]
@@ -158,4 +161,52 @@ def test_state_dict_round_trip_continues_identically(name):
     assert torch.equal(
         a(Ks[0], tasks=tasks, key="bucket0", generator=gen()),
         fresh(Ks[0], tasks=tasks, key="bucket0", generator=gen()),
+    )
+
+
+def fresh_weights(name, K, **kwargs):
+    """Weights from a fresh aggregator and a generator seeded with 0 (state starts empty)."""
+    return get_aggregator(name)(K, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16])
+def test_trusted_path_gives_the_same_weights(name, kind, T):
+    K = gramian(sample_gradients(kind, T, seed=4))
+    K = (K + K.T) / 2  # exactly symmetric, as the trusted path requires
+    copy = K.clone()
+    trusted = fresh_weights(name, K, validate=False)
+    assert torch.equal(trusted, fresh_weights(name, K))
+    assert torch.equal(K, copy), "the caller's Gramian was modified"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trusted_path_skips_validation_but_keeps_the_conventions(name, monkeypatch):
+    def fail(gramian):
+        raise AssertionError("validate=False must not validate")
+
+    monkeypatch.setattr(_base, "_checked", fail)
+    assert fresh_weights(
+        name, torch.tensor([[4.0]], dtype=torch.float64), validate=False
+    ).tolist() == [1.0]
+    zero = torch.zeros(3, 3, dtype=torch.float64)
+    assert fresh_weights(name, zero, validate=False).tolist() == [1 / 3] * 3
+    K = gramian(sample_gradients("conflicting", 4, seed=5))
+    K = (K + K.T) / 2
+    torch.testing.assert_close(
+        fresh_weights(name, 1e6 * K, validate=False),
+        fresh_weights(name, K, validate=False),
+        rtol=1e-6,
+        atol=1e-9,
+    )
+    with pytest.raises(ValueError, match="task names"):
+        get_aggregator(name)(K, tasks=["en"], validate=False)
+    # A float32 Gramian (exactly symmetric) gives the weights of its float64 copy.
+    K32 = K.float()
+    torch.testing.assert_close(
+        fresh_weights(name, K32, validate=False),
+        fresh_weights(name, K32.double(), validate=False),
+        rtol=0,
+        atol=0,
     )

@@ -6,7 +6,7 @@ import torch
 from lightning_bmoo.aggregators import Aggregator, Mean, available_aggregators, get_aggregator
 
 EXPECTED = {"mean", "mgda", "pcgrad", "cagrad", "gradvac", "nash_mtl", "imtl_g"}
-EXPECTED |= {"aligned_mtl", "upgrad"}
+EXPECTED |= {"aligned_mtl", "upgrad", "random"}
 
 
 def test_every_method_of_the_paper_family_is_registered():

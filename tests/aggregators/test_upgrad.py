@@ -100,3 +100,16 @@ def test_slightly_indefinite_gramian_is_handled():
     K = gramian(G) - 1e-9 * torch.eye(6, dtype=torch.float64) * gramian(G).diagonal().max()
     w = UPGrad()(K)
     assert torch.isfinite(w).all() and (w >= 1 / 6 - 1e-12).all()
+
+
+@pytest.mark.parametrize("seed", [44, 50, 71])
+def test_pivoting_through_an_empty_free_set(seed):
+    # Six gradients of rank 3: block exchanges drop every free variable at once in one of the
+    # projections, which once raised "max() arg is an empty sequence" on the float path.
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    G = randn(6, 3) @ randn(3, 50)
+    K = normalised(gramian(G))
+    assert_projection_kkt(K, projection_weights(K))
+    w = UPGrad()(gramian(G))
+    assert (w >= 1 / 6 - 1e-12).all()
