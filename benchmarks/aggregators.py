@@ -44,14 +44,14 @@ def sample_gramians(T: int, seed: int = 0) -> list[Tensor]:
 
 
 def median_us(fn: Callable[[Tensor], object], Ks: list[Tensor], repeats: int) -> float:
-    """Median wall time of ``fn(K)`` in microseconds, pooled over the Gramians."""
+    """Median wall time of ``fn(M)`` in microseconds, pooled over the Gramians."""
     times = []
-    for K in Ks:
+    for M in Ks:
         for _ in range(max(3, repeats // 10)):
-            fn(K)
+            fn(M)
         for _ in range(repeats):
             start = time.perf_counter()
-            fn(K)
+            fn(M)
             times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e6
 
@@ -61,9 +61,9 @@ def ours(name: str, validate: bool = True) -> Callable[[Tensor], Tensor]:
     if not agg.stateful:
         return functools.partial(agg, validate=validate)
 
-    def cold(K: Tensor) -> Tensor:
+    def cold(M: Tensor) -> Tensor:
         agg.reset()
-        return agg(K, validate=validate)
+        return agg(M, validate=validate)
 
     return cold
 
@@ -98,9 +98,9 @@ def torchjd_weighting(name: str) -> Callable[[Tensor], Tensor] | str:
     if reset is None:
         return weighting
 
-    def cold(K: Tensor) -> Tensor:
+    def cold(M: Tensor) -> Tensor:
         reset()
-        return weighting(K)
+        return weighting(M)
 
     return cold
 
@@ -113,29 +113,29 @@ def _project_simplex(v: Tensor) -> Tensor:
     return (v - css[r] / (r + 1)).clamp(min=0.0)
 
 
-def _mgda_reference(K: Tensor, iters: int = 20000) -> float:
-    """min over the simplex of w^T K w by projected gradient (step 1 / (2 lambda_max))."""
-    step = 0.5 / float(torch.linalg.eigvalsh(K)[-1])
-    w = torch.full((K.shape[0],), 1.0 / K.shape[0], dtype=torch.float64)
+def _mgda_reference(M: Tensor, iters: int = 20000) -> float:
+    """min over the simplex of w^T M w by projected gradient (step 1 / (2 lambda_max))."""
+    step = 0.5 / float(torch.linalg.eigvalsh(M)[-1])
+    w = torch.full((M.shape[0],), 1.0 / M.shape[0], dtype=torch.float64)
     for _ in range(iters):
-        w = _project_simplex(w - step * 2.0 * (K @ w))
-    return float(w @ K @ w)
+        w = _project_simplex(w - step * 2.0 * (M @ w))
+    return float(w @ M @ w)
 
 
-def _cagrad_dual(K: Tensor, w: Tensor, c: float) -> float:
-    b = K.mean(1)
-    return float(w @ b + c * math.sqrt(float(b.mean())) * (w @ K @ w).clamp(min=0).sqrt())
+def _cagrad_dual(M: Tensor, w: Tensor, c: float) -> float:
+    b = M.mean(1)
+    return float(w @ b + c * math.sqrt(float(b.mean())) * (w @ M @ w).clamp(min=0).sqrt())
 
 
-def _cagrad_reference(K: Tensor, c: float, iters: int = 20000) -> float:
+def _cagrad_reference(M: Tensor, c: float, iters: int = 20000) -> float:
     """Best iterate of projected subgradient descent on CAGrad's dual."""
-    b, s = K.mean(1), c * math.sqrt(float(K.mean()))
-    w = torch.full((K.shape[0],), 1.0 / K.shape[0], dtype=torch.float64)
-    best = _cagrad_dual(K, w, c)
+    b, s = M.mean(1), c * math.sqrt(float(M.mean()))
+    w = torch.full((M.shape[0],), 1.0 / M.shape[0], dtype=torch.float64)
+    best = _cagrad_dual(M, w, c)
     for k in range(iters):
-        grad = b + s * (K @ w) / (w @ K @ w).sqrt().clamp(min=1e-300)
+        grad = b + s * (M @ w) / (w @ M @ w).sqrt().clamp(min=1e-300)
         w = _project_simplex(w - 0.5 / math.sqrt(k + 10) * grad)
-        best = min(best, _cagrad_dual(K, w, c))
+        best = min(best, _cagrad_dual(M, w, c))
     return best
 
 
@@ -144,25 +144,25 @@ def quality(name: str, Ks: list[Tensor]) -> str:
     if name not in ("mgda", "cagrad", "nash_mtl", "upgrad"):
         return "-"
     worst = -math.inf
-    for K in Ks:
-        K = K / K.diagonal().max()
-        w = get_aggregator(name)(K)
+    for M in Ks:
+        M = M / M.diagonal().max()
+        w = get_aggregator(name)(M)
         if name == "mgda":
-            value = float(w @ K @ w) - _mgda_reference(K)
+            value = float(w @ M @ w) - _mgda_reference(M)
         elif name == "cagrad":
             c = 0.4
-            z = w * (1 + c * c) - 1.0 / K.shape[0]
-            value = _cagrad_dual(K, z / z.sum(), c) - _cagrad_reference(K, c)
+            z = w * (1 + c * c) - 1.0 / M.shape[0]
+            value = _cagrad_dual(M, z / z.sum(), c) - _cagrad_reference(M, c)
         elif name == "nash_mtl":
             # Back to the paper's alpha: g_i . d = 1 / alpha_i fixes the scale of w.
-            alpha = w * (1.0 / (w * (K @ w))).mean().sqrt()
-            value = float((K @ alpha - 1.0 / alpha).abs().max())
+            alpha = w * (1.0 / (w * (M @ w))).mean().sqrt()
+            value = float((M @ alpha - 1.0 / alpha).abs().max())
         else:
             # The KKT conditions checkable from the summed weights: w >= 1/T (primal) and
             # g_i . d >= 0 (dual), relative to |g_i| |d|.
-            d_norm = float(w @ K @ w) ** 0.5
-            dual = -(K @ w) / (K.diagonal().sqrt() * d_norm).clamp(min=1e-300)
-            value = max(0.0, float((1.0 / K.shape[0] - w).max()), float(dual.max()))
+            d_norm = float(w @ M @ w) ** 0.5
+            dual = -(M @ w) / (M.diagonal().sqrt() * d_norm).clamp(min=1e-300)
+            value = max(0.0, float((1.0 / M.shape[0] - w).max()), float(dual.max()))
         worst = max(worst, value)
     return f"{worst:.1e}"
 

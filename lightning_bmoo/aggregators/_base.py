@@ -23,8 +23,8 @@ def check_gramian(gramian: Tensor) -> Tensor:
         ValueError: if the input is not a square matrix, holds NaN/inf, has a negative
             diagonal entry, or is not symmetric up to rounding.
     """
-    K, _, exact = _checked(gramian)
-    return K.clone() if exact else (K + K.T) / 2
+    M, _, exact = _checked(gramian)
+    return M.clone() if exact else (M + M.T) / 2
 
 
 def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
@@ -43,42 +43,42 @@ def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
     # Aggregators run hundreds of times per step on tiny matrices, where each torch op costs
     # microseconds: the common case is settled with three ops, and anything unusual falls
     # through to the checks below, which alone raise.
-    K = gramian.detach() if gramian.requires_grad else gramian
-    if K.dtype is not torch.float64 or not K.is_cpu:
-        K = K.to(device="cpu", dtype=torch.float64)
-    diag = K.diagonal().tolist()
+    M = gramian.detach() if gramian.requires_grad else gramian
+    if M.dtype is not torch.float64 or not M.is_cpu:
+        M = M.to(device="cpu", dtype=torch.float64)
+    diag = M.diagonal().tolist()
     low = min(diag)
     # A finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN).
-    if low >= 0.0 and torch.equal(K, K.t()) and math.isfinite(K.sum().item()):
-        return K, diag, True
-    # max |K - K^T| is finite only if every entry is (inf - inf is NaN, NaN compares False).
-    asym = float(torch.dist(K, K.T, p=math.inf))
+    if low >= 0.0 and torch.equal(M, M.t()) and math.isfinite(M.sum().item()):
+        return M, diag, True
+    # max |M - M^T| is finite only if every entry is (inf - inf is NaN, NaN compares False).
+    asym = float(torch.dist(M, M.T, p=math.inf))
     # sqrt(K_ii K_jj) >= min_i K_ii, so this passes only what the full check passes; the
     # bound on low keeps K_ii K_jj clear of underflow, which the full check is subject to.
     if asym <= _SYMMETRY_RTOL * (1.0 - 1e-9) * low and low > 1e-140:
-        return K, diag, False
-    _full_check(K)
-    return K, diag, False
+        return M, diag, False
+    _full_check(M)
+    return M, diag, False
 
 
-def _full_check(K: Tensor) -> None:
-    """Raises the error that describes what is wrong with the float64 CPU matrix ``K``."""
-    if not torch.isfinite(K).all():
+def _full_check(M: Tensor) -> None:
+    """Raises the error that describes what is wrong with the float64 CPU matrix ``M``."""
+    if not torch.isfinite(M).all():
         raise ValueError(
             "The Gramian holds NaN or inf entries: some task gradient is not finite. Drop "
             "those tasks before aggregating (the bucket-MOO hook does this under "
             "nonfinite='drop') or let the step be skipped (nonfinite='propagate')."
         )
-    diag = K.diagonal()
+    diag = M.diagonal()
     if (diag < 0).any():
         raise ValueError(
             f"The Gramian has negative diagonal entries {diag.tolist()}: it is not positive "
             "semi-definite, so it is not a Gramian G @ G.T."
         )
     scale = torch.sqrt(torch.outer(diag, diag))
-    if ((K - K.T).abs() > _SYMMETRY_RTOL * scale + 1e-300).any():
+    if ((M - M.T).abs() > _SYMMETRY_RTOL * scale + 1e-300).any():
         raise ValueError(
-            "The Gramian is not symmetric: K[i, j] != K[j, i] beyond rounding. Pass G @ G.T, "
+            "The Gramian is not symmetric: M[i, j] != M[j, i] beyond rounding. Pass G @ G.T, "
             "not G or a product of two different matrices."
         )
 
@@ -94,16 +94,16 @@ def _conventional(diag: list[float]) -> Tensor | None:
 
 
 class Aggregator(ABC):
-    """Maps the Gramian ``K = G G^T`` of ``T`` task gradients to weights ``w`` (length ``T``).
+    """Maps the Gramian ``M = G G^T`` of ``T`` task gradients to weights ``w`` (length ``T``).
 
-    The update is ``d = sum_i w_i g_i``. Calling an aggregator validates ``K`` (see
+    The update is ``d = sum_i w_i g_i``. Calling an aggregator validates ``M`` (see
     :func:`check_gramian`), solves in float64 on the CPU, and returns float64 CPU weights.
 
     Conventions shared by every method:
 
     * One task (``T == 1``) gives ``w = [1]``: the update is that task's gradient.
     * A zero Gramian gives ``w = 1/T``: the update is zero whatever the weights.
-    * Weights are invariant under positive scaling of ``K``, so ``K`` is divided by its largest
+    * Weights are invariant under positive scaling of ``M``, so ``M`` is divided by its largest
       diagonal entry before the method runs; solvers work on numbers of order one.
     * Scale: ``mean`` gives the average gradient; every other method is normalised so that a
       learning rate tuned for plain averaging stays sensible (each class says how).
@@ -121,7 +121,7 @@ class Aggregator(ABC):
             non-negative diagonal (the bucket-MOO hook builds its own); it skips the checks
             and their synchronisations, not the conventions above. Anything else then gives
             undefined weights rather than an error. Gramians summed over chunks or ranks are
-            symmetric only up to rounding: symmetrise them once, e.g. ``(K + K.mT) / 2`` over
+            symmetric only up to rounding: symmetrise them once, e.g. ``(M + M.mT) / 2`` over
             a whole stack of them.
     """
 
@@ -140,16 +140,16 @@ class Aggregator(ABC):
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> Tensor:
-        K, diag, exact, tasks = self._prepared(gramian, tasks, validate)
+        M, diag, exact, tasks = self._prepared(gramian, tasks, validate)
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
-        # Scaling copies K (methods may edit what they get); symmetrising after scaling keeps
+        # Scaling copies M (methods may edit what they get); symmetrising after scaling keeps
         # exactly symmetric input bitwise unchanged, so both paths give the same weights.
-        K = K / max(diag)
+        M = M / max(diag)
         if not exact:
-            K = (K + K.T) / 2
-        weights = self._weights(K, tasks=tasks, key=key, generator=generator)
+            M = (M + M.T) / 2
+        weights = self._weights(M, tasks=tasks, key=key, generator=generator)
         return weights if weights.dtype == torch.float64 else weights.to(torch.float64)
 
     def _prepared(
@@ -158,25 +158,25 @@ class Aggregator(ABC):
         """The float64 CPU Gramian, its diagonal, whether it is exactly symmetric (else it is
         up to rounding) and the task names."""
         if validate:
-            K, diag, exact = _checked(gramian)
+            M, diag, exact = _checked(gramian)
         else:
-            K = gramian
-            if K.dtype is not torch.float64 or not K.is_cpu:
-                K = K.to(device="cpu", dtype=torch.float64)
+            M = gramian
+            if M.dtype is not torch.float64 or not M.is_cpu:
+                M = M.to(device="cpu", dtype=torch.float64)
             # Exact symmetry is the caller's promise: symmetrising here would cost about as
             # much as the checks it replaces.
-            diag, exact = K.diagonal().tolist(), True
+            diag, exact = M.diagonal().tolist(), True
         T = len(diag)
         if tasks is None:
-            return K, diag, exact, tuple(range(T))
+            return M, diag, exact, tuple(range(T))
         if len(tasks) != T:
             raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
-        return K, diag, exact, tuple(tasks)
+        return M, diag, exact, tuple(tasks)
 
     @abstractmethod
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,

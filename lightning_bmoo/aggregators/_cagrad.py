@@ -27,7 +27,7 @@ class CAGrad(Aggregator):
 
     The update maximises the worst task improvement ``min_i g_i . d`` within the ball
     ``|d - g0| <= c |g0|`` around the mean gradient ``g0``. Its dual is
-    ``w* = argmin_{w in simplex} w^T K 1/T + c |g0| sqrt(w^T K w)`` and
+    ``w* = argmin_{w in simplex} w^T M 1/T + c |g0| sqrt(w^T M w)`` and
     ``d = g0 + c |g0| g_w / |g_w|`` with ``g_w = w*^T G``.
 
     The dual is solved exactly by an active-set method: on a support ``S`` the optimality
@@ -63,17 +63,17 @@ class CAGrad(Aggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         shrink = 1.0 / (1.0 + self.c**2)
         # T is small and the solver takes one step per support change: Python floats cost
         # well under a microsecond per operation where each torch op costs several.
-        rows = K.tolist()
+        rows = M.tolist()
         b = [sum(row) / T for row in rows]  # b_i = g_i . g0
         s = self.c * math.sqrt(max(sum(b) / T, 0.0))  # c |g0|: |g0|^2 = mean(b)
         if s == 0.0:
@@ -88,18 +88,18 @@ class CAGrad(Aggregator):
         return torch.tensor([(1.0 / T + zi) * shrink for zi in z], dtype=torch.float64)
 
 
-def _solve(K: list[list[float]], b: list[float], s: float) -> list[float]:
+def _solve(M: list[list[float]], b: list[float], s: float) -> list[float]:
     """Returns ``z = s w* / |g_w*|``, so that ``d = g0 + G^T z``.
 
-    With ``z >= 0`` free and ``nu = min_i g_i . d``, optimality reads: ``K z + b >= nu``
-    with equality where ``z_i > 0``, and ``z^T K z = s^2``.
+    With ``z >= 0`` free and ``nu = min_i g_i . d``, optimality reads: ``M z + b >= nu``
+    with equality where ``z_i > 0``, and ``z^T M z = s^2``.
     """
-    T = len(K)
-    live = [K[i][i] > _ZERO for i in range(T)]
-    # Unit-diagonal coordinates: zt = sqrt(diag) * z, Kt = K / sqrt(d_i d_j).
-    root = [math.sqrt(K[i][i]) if live[i] else 1.0 for i in range(T)]
+    T = len(M)
+    live = [M[i][i] > _ZERO for i in range(T)]
+    # Unit-diagonal coordinates: zt = sqrt(diag) * z, Kt = M / sqrt(d_i d_j).
+    root = [math.sqrt(M[i][i]) if live[i] else 1.0 for i in range(T)]
     inv = [1.0 / r for r in root]
-    Kt = [[k * (ii * ij) for k, ij in zip(row, inv)] for row, ii in zip(K, inv)]
+    Kt = [[k * (ii * ij) for k, ij in zip(row, inv)] for row, ii in zip(M, inv)]
     for i in range(T):
         Kt[i][i] += _RIDGE
     a = inv
@@ -110,7 +110,7 @@ def _solve(K: list[list[float]], b: list[float], s: float) -> list[float]:
     best = [0.0] * T
     for step in range(4 * T + 10):
         # On the support: Kt_SS zt_S = nu a_S - bt_S; with y = L^-1 [a_S, bt_S] the quadratic
-        # A nu^2 - 2 B nu + C = s^2 is z^T K z = s^2. The larger root gives sum(z) > 0. A
+        # A nu^2 - 2 B nu + C = s^2 is z^T M z = s^2. The larger root gives sum(z) > 0. A
         # negative discriminant means the support is too large (no d in the ball ties all
         # its tasks); nu = B/A then pushes some z_i negative.
         ya, yb = chol.ya, chol.yb

@@ -57,20 +57,20 @@ class GradVac(StochasticMixin, StatefulAggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         orders = visiting_orders(T, self._generator_or_own(generator))
         targets: dict[tuple[Hashable, Hashable], float] = self._state.setdefault(key, {})
         beta = self.beta
         keep = 1.0 - beta
         # T^2 scalar steps: Python floats beat tiny tensor ops by orders of magnitude here, and
         # in this loop every lookup and builtin call shows, hence the hand-inlined clamps.
-        Kl = K.tolist()
+        Kl = M.tolist()
         norms = [math.sqrt(Kl[j][j]) for j in range(T)]
         has_zero = 0.0 in norms
         weights = [0.0] * T

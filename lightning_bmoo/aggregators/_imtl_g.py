@@ -21,13 +21,13 @@ class IMTLG(Aggregator):
     linearly dependent gradients as in TorchJD (Quinton and Rey, "Jacobian Descent for
     Multi-Objective Optimization", arXiv:2406.16232).
 
-    The weights are ``v = K^+ sqrt(diag K)`` normalised to sum to 1, so that the update ``d``
+    The weights are ``v = M^+ sqrt(diag M)`` normalised to sum to 1, so that the update ``d``
     has the same projection ``u_i . d`` on every unit gradient ``u_i`` (exactly whenever such a
     ``d`` exists in the span of the gradients, in the least-squares sense otherwise).
 
-    The pseudo-inverse is taken on the cosine matrix ``C = D^+ K D^+`` (``D`` the diagonal of
+    The pseudo-inverse is taken on the cosine matrix ``C = D^+ M D^+`` (``D`` the diagonal of
     gradient norms): ``v = D^+ C^+ 1``. For independent gradients this is exactly
-    ``K^{-1} sqrt(diag K)``, but unlike an eigendecomposition of ``K`` it stays accurate when
+    ``M^{-1} sqrt(diag M)``, but unlike an eigendecomposition of ``M`` it stays accurate when
     the gradient norms span many orders of magnitude. Zero gradients get weight 0. If the
     weights cannot be normalised (their sum vanishes), the mean weights are returned.
 
@@ -39,18 +39,18 @@ class IMTLG(Aggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         if T == 2:
             # C = [[1, c], [c, 1]] has C^+ 1 = 1 / (1 + c) along 1 whenever that eigenvalue is
             # kept: the weights are the inverse norms normalised, unless the gradients are
             # (nearly) exactly opposite; a zero gradient gets weight 0.
-            (k11, k12), (_, k22) = K.tolist()
+            (k11, k12), (_, k22) = M.tolist()
             inv_norms = [x**-0.5 if x > 0.0 else 0.0 for x in (k11, k22)]
             c = k12 * inv_norms[0] * inv_norms[1]
             if 1.0 + c > _RTOL * (1.0 + abs(c)):
@@ -58,12 +58,12 @@ class IMTLG(Aggregator):
                 return torch.tensor([x / total for x in inv_norms], dtype=torch.float64)
             return torch.full((2,), 0.5, dtype=torch.float64)
         # Scalars in Python, few tensor ops: each tiny op costs microseconds at these sizes.
-        inv = K.diagonal().rsqrt()
+        inv = M.diagonal().rsqrt()
         inv_norms = inv.tolist()
         if math.inf in inv_norms:  # zero gradients: D^+ has 0 there
             inv_norms = [0.0 if x == math.inf else x for x in inv_norms]
             inv = torch.tensor(inv_norms, dtype=torch.float64)
-        eigenvalues, V = torch.linalg.eigh(K * torch.outer(inv, inv))
+        eigenvalues, V = torch.linalg.eigh(M * torch.outer(inv, inv))
         eigenvalue_list = eigenvalues.tolist()
         cutoff = _RTOL * eigenvalue_list[-1]
         # C^+ 1 = V diag(1 / lambda) V^T 1 over the kept eigenvalues: a zero gradient's row of

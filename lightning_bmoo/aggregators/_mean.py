@@ -28,7 +28,7 @@ class Mean(Aggregator):
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> Tensor:
-        """As :meth:`Aggregator.__call__`, without scaling or copying ``K``: 1/T needs only T."""
+        """As :meth:`Aggregator.__call__`, without scaling or copying ``M``: 1/T needs only T."""
         if validate or tasks is not None:
             T = len(self._prepared(gramian, tasks, validate)[1])
         else:
@@ -37,11 +37,11 @@ class Mean(Aggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         return torch.full((T,), 1.0 / T, dtype=torch.float64)

@@ -24,9 +24,9 @@ class NashMTL(StatefulAggregator):
     """Nash-MTL (Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022,
     arXiv:2202.01017).
 
-    The update ``d = sum_i alpha_i g_i`` with ``alpha > 0`` and ``K alpha = 1 / alpha``
+    The update ``d = sum_i alpha_i g_i`` with ``alpha > 0`` and ``M alpha = 1 / alpha``
     elementwise (each task's improvement ``g_i . d`` is ``1 / alpha_i``). ``alpha`` is the
-    minimiser of the self-concordant ``f(a) = a^T K a / 2 - sum_i log a_i``, found exactly by
+    minimiser of the self-concordant ``f(a) = a^T M a / 2 - sum_i log a_i``, found exactly by
     damped Newton (no convex-programming package, unlike the official code). It is solved on
     the unit-diagonal Gramian, where ``alpha_i |g_i|`` is invariant to each task's scale.
 
@@ -34,7 +34,7 @@ class NashMTL(StatefulAggregator):
     direction and return ``alpha / sum(alpha)``, a convex combination like the mean, so that
     learning rates tuned for averaging stay sensible.
 
-    Singular ``K`` with a positive null combination (e.g. two exactly opposite gradients)
+    Singular ``M`` with a positive null combination (e.g. two exactly opposite gradients)
     has no solution: ``f`` is unbounded below. A ridge of ``ridge`` times the (unit)
     diagonal, i.e. relative to the trace, is therefore always added; it changes regular
     solutions by about that relative amount.
@@ -70,29 +70,29 @@ class NashMTL(StatefulAggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
         state = self._state.setdefault(key, {})
-        T = K.shape[0]
+        T = M.shape[0]
         if T <= _FLOAT_MAX_TASKS:
-            w = self._float_weights(K.tolist(), tasks, state)
+            w = self._float_weights(M.tolist(), tasks, state)
             if w is not None:
                 return torch.tensor(w, dtype=torch.float64)
-        diag = K.diagonal()
+        diag = M.diagonal()
         live = diag > _ZERO
         if not bool(live.all()):
             # Zero gradients drop out; solve among the others.
             idx = live.nonzero().squeeze(1)
             sub = self._weights(
-                K[idx][:, idx], tasks=tuple(tasks[i] for i in idx.tolist()), key=key, generator=None
+                M[idx][:, idx], tasks=tuple(tasks[i] for i in idx.tolist()), key=key, generator=None
             )
             return torch.zeros(T, dtype=torch.float64).index_put_((idx,), sub)
         inv = diag.rsqrt()
-        Kt = K * torch.outer(inv, inv)
+        Kt = M * torch.outer(inv, inv)
         Kt.diagonal().add_(self.ridge)
         if state:
             start = torch.tensor([state.get(t, 1.0) for t in tasks], dtype=torch.float64)
@@ -105,18 +105,18 @@ class NashMTL(StatefulAggregator):
         return w / w.sum()
 
     def _float_weights(
-        self, K: list[list[float]], tasks: tuple[Hashable, ...], state: dict[Hashable, float]
+        self, M: list[list[float]], tasks: tuple[Hashable, ...], state: dict[Hashable, float]
     ) -> list[float] | None:
         """``_weights`` on Python floats for a few tasks: each tensor op costs more there.
 
         ``None`` where a Newton system does not factorise (a Gramian summed in float32 that
         is slightly indefinite): the tensor path's LU solve handles that.
         """
-        T = len(K)
-        live = [i for i in range(T) if K[i][i] > _ZERO]
+        T = len(M)
+        live = [i for i in range(T) if M[i][i] > _ZERO]
         if len(live) < T:
             # Zero gradients drop out; solve among the others.
-            sub = [[K[i][j] for j in live] for i in live]
+            sub = [[M[i][j] for j in live] for i in live]
             w_live = self._float_weights(sub, tuple(tasks[i] for i in live), state)
             if w_live is None:
                 return None
@@ -124,10 +124,10 @@ class NashMTL(StatefulAggregator):
             for i, wi in zip(live, w_live, strict=True):
                 w[i] = wi
             return w
-        inv = [1.0 / math.sqrt(K[i][i]) for i in range(T)]
+        inv = [1.0 / math.sqrt(M[i][i]) for i in range(T)]
         Kt = [
             [kij * si * sj for kij, sj in zip(Ki, inv, strict=True)]
-            for Ki, si in zip(K, inv, strict=True)
+            for Ki, si in zip(M, inv, strict=True)
         ]
         for i in range(T):
             Kt[i][i] += self.ridge
@@ -143,33 +143,33 @@ class NashMTL(StatefulAggregator):
         return [wi / total for wi in w]
 
 
-def _newton(K: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, int]:
-    """Damped Newton on ``f(a) = a^T K a / 2 - sum log a`` from ``a > 0``.
+def _newton(M: Tensor, a: Tensor, max_iter: int, tol: float) -> tuple[Tensor, int]:
+    """Damped Newton on ``f(a) = a^T M a / 2 - sum log a`` from ``a > 0``.
 
     Returns the minimiser and the number of iterations. Far from the solution the step is
     cut to ``1 / (1 + lambda)`` (``lambda`` the Newton decrement), which for this
     self-concordant ``f`` decreases it and keeps ``a > 0``, or to 0.9 of the way to the
-    boundary ``a = 0`` if that is longer: when ``K`` is near-singular ``a`` must grow by
+    boundary ``a = 0`` if that is longer: when ``M`` is near-singular ``a`` must grow by
     orders of magnitude, which the cautious step alone does in hundreds of iterations.
     Near it (``lambda < 1/4``) full steps converge quadratically.
 
-    The Newton system ``(K + diag(1/a^2)) p = K a - 1/a`` is solved as
-    ``(D K D + I) u = a * (K a) - 1`` with ``D = diag(a)`` and ``p = a * u``: better
+    The Newton system ``(M + diag(1/a^2)) p = M a - 1/a`` is solved as
+    ``(D M D + I) u = a * (M a) - 1`` with ``D = diag(a)`` and ``p = a * u``: better
     conditioned, and fewer tensor ops per iteration (each costs microseconds at this size).
     """
-    eye = torch.eye(K.shape[0], dtype=torch.float64)
+    eye = torch.eye(M.shape[0], dtype=torch.float64)
     minus_one = torch.full_like(a, -1.0)
     prev = math.inf
     for it in range(1, max_iter + 1):
-        r = torch.addcmul(minus_one, a, K @ a)
-        M = torch.addcmul(eye, K, torch.outer(a, a))
-        # M is positive definite wherever K is: Cholesky is cheaper than LU, which is kept for
+        r = torch.addcmul(minus_one, a, M @ a)
+        H = torch.addcmul(eye, M, torch.outer(a, a))
+        # H is positive definite wherever M is: Cholesky is cheaper than LU, which is kept for
         # a Gramian summed in float32 that is slightly indefinite.
-        L, info = torch.linalg.cholesky_ex(M)
+        L, info = torch.linalg.cholesky_ex(H)
         u = torch.cholesky_solve(r.unsqueeze(1), L).squeeze_(1)
         lam2 = float(r @ u)
         if not lam2 >= 0.0 or info:
-            u = torch.linalg.solve(M, r)
+            u = torch.linalg.solve(H, r)
             lam2 = float(r @ u)
         if lam2 >= 1 / 16:
             to_boundary = 0.9 / max(float(u.max()), 1e-300)
@@ -188,7 +188,7 @@ def _converged(lam2: float, prev: float, tol: float) -> bool:
     # At the tolerance; or when the full step just taken leaves a decrement below the tolerance
     # or at rounding level (for self-concordant f it at most squares, lambda+ <= (lambda /
     # (1 - lambda))^2), which spares an iteration that would only confirm it; or when Newton
-    # stops converging quadratically: then rounding (a near-singular K) sets the floor.
+    # stops converging quadratically: then rounding (a near-singular M) sets the floor.
     if lam2 < tol or lam2 < _ROUNDING_LAM2 or (lam2 < 1e-6 and lam2 > 0.25 * prev):
         return True
     if lam2 >= 1 / 16:
@@ -198,17 +198,17 @@ def _converged(lam2: float, prev: float, tol: float) -> bool:
 
 
 def _newton_floats(
-    K: list[list[float]], a: list[float], max_iter: int, tol: float
+    M: list[list[float]], a: list[float], max_iter: int, tol: float
 ) -> tuple[list[float], int] | None:
     """:func:`_newton` on Python floats; ``None`` if a Newton system does not factorise."""
     prev = math.inf
     for it in range(1, max_iter + 1):
-        r = [ai * sum(map(mul, Ki, a)) - 1.0 for ai, Ki in zip(a, K)]
-        # Cholesky of M = I + D K D (lower triangle only) fused with the forward solve
-        # L y = r, so that lam2 = r^T M^-1 r = |y|^2 before the back substitution.
+        r = [ai * sum(map(mul, Ki, a)) - 1.0 for ai, Ki in zip(a, M)]
+        # Cholesky of H = I + D M D (lower triangle only) fused with the forward solve
+        # L y = r, so that lam2 = r^T H^-1 r = |y|^2 before the back substitution.
         L: list[list[float]] = []
         y: list[float] = []
-        for i, (Ki, ai, ri) in enumerate(zip(K, a, r)):
+        for i, (Ki, ai, ri) in enumerate(zip(M, a, r)):
             Mi = [ai * kij * aj for kij, aj in zip(Ki[: i + 1], a)]
             Li: list[float] = []
             for Mij, Lj in zip(Mi, L):

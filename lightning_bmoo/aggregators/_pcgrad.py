@@ -50,16 +50,16 @@ class PCGrad(StochasticMixin, Aggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         orders = visiting_orders(T, self._generator_or_own(generator))
         # T^2 scalar steps: Python floats beat tiny tensor ops by orders of magnitude here.
-        Kl = K.tolist()
+        Kl = M.tolist()
         weights = [0.0] * T
         for i, order in enumerate(orders):
             weights[i] += 1.0

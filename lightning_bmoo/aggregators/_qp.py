@@ -30,22 +30,22 @@ _COMPACT_MIN = 24
 Factor = tuple[list[list[float]], list[list[float]]]
 
 
-def unit_diagonal(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Rescales a Gramian to unit diagonal: returns ``(K', r, s)`` with ``K' = S K S``.
+def unit_diagonal(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Rescales a Gramian to unit diagonal: returns ``(M', r, s)`` with ``M' = S M S``.
 
     ``r`` holds the task-gradient norms and ``s = 1 / r`` (0 for zero gradients, whose rows of
-    ``K'`` are then zero). Both QPs keep ``x >= 0`` under a positive diagonal change of
-    variables, so solving on ``K'`` is exact and makes tasks whose norms differ by 1e12 equally
+    ``M'`` are then zero). Both QPs keep ``x >= 0`` under a positive diagonal change of
+    variables, so solving on ``M'`` is exact and makes tasks whose norms differ by 1e12 equally
     well conditioned.
     """
-    r = K.diagonal().sqrt()
+    r = M.diagonal().sqrt()
     # 1 / 0 = inf becomes 0: no test (and no sync) for zero gradients.
     s = r.reciprocal().nan_to_num_(posinf=0.0)
-    return K * torch.outer(s, s), r, s
+    return M * torch.outer(s, s), r, s
 
 
 def nonneg_qp(
-    K: Tensor,
+    M: Tensor,
     c: Tensor,
     *,
     free: Tensor | None = None,
@@ -53,36 +53,36 @@ def nonneg_qp(
     refine: bool = False,
     max_pivots: int | None = None,
 ) -> Tensor:
-    """Solves ``min_x x^T (K + ridge I) x / 2 + c^T x, x >= 0`` for every row ``c`` of ``c``.
+    """Solves ``min_x x^T (M + ridge I) x / 2 + c^T x, x >= 0`` for every row ``c`` of ``c``.
 
     Args:
-        K: symmetric positive semi-definite ``T x T`` float64 matrix of order one (unit diagonal
+        M: symmetric positive semi-definite ``T x T`` float64 matrix of order one (unit diagonal
             or zero rows, see :func:`unit_diagonal`).
         c: ``B x T`` linear terms.
         free: ``B x T`` guess of the support of ``x``; defaults to ``c < 0``.
-        ridge: added to the diagonal of ``K`` (see ``RIDGE``). Smaller is less biased, larger
-            is less noisy where ``K`` is singular; with ``refine`` the bias goes anyway.
+        ridge: added to the diagonal of ``M`` (see ``RIDGE``). Smaller is less biased, larger
+            is less noisy where ``M`` is singular; with ``refine`` the bias goes anyway.
         refine: remove the ridge's O(ridge) bias (two more triangular solves). Worth it when
-            the solution should make ``K x + c`` vanish exactly on a singular ``K``.
+            the solution should make ``M x + c`` vanish exactly on a singular ``M``.
         max_pivots: pivot cap; defaults to ``8 T + 32``. Reaching it (seen only for 64 tasks
             of rank 32) returns the last iterate clipped to ``x >= 0``: feasible, if not
             optimal, rather than an error in the middle of training.
 
     Returns:
         ``x`` (``B x T``) with ``x >= 0``, ``y = x Q + c >= 0`` and ``x * y == 0`` up to
-        rounding (``Q = K + ridge I``): the exact KKT point.
+        rounding (``Q = M + ridge I``): the exact KKT point.
     """
     for _ in range(3):
         try:
-            return _pivot(K, ridge, c, free, refine, max_pivots)
+            return _pivot(M, ridge, c, free, refine, max_pivots)
         except torch.linalg.LinAlgError:
             # Gramians summed in float32 can have eigenvalues slightly below zero: lift them.
-            ridge = 1e3 * ridge + 2.0 * max(0.0, -float(torch.linalg.eigvalsh(K)[0]))
+            ridge = 1e3 * ridge + 2.0 * max(0.0, -float(torch.linalg.eigvalsh(M)[0]))
     raise torch.linalg.LinAlgError("nonneg_qp: the Gramian is far from positive semi-definite.")
 
 
 def _pivot(
-    K: Tensor,
+    M: Tensor,
     ridge: float,
     c: Tensor,
     free: Tensor | None,
@@ -90,8 +90,8 @@ def _pivot(
     max_pivots: int | None,
 ) -> Tensor:
     B, T = c.shape
-    eye = torch.eye(T, dtype=K.dtype)
-    Q = torch.add(K, eye, alpha=ridge)
+    eye = torch.eye(T, dtype=M.dtype)
+    Q = torch.add(M, eye, alpha=ridge)
     # x = 0 off the free set and y = 0 on it (up to rounding far below the tolerance), so the
     # sign test on both is one test on x + y = x (Q + I) + c.
     Q_plus_eye = torch.add(Q, eye)
@@ -196,7 +196,7 @@ def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
 
 
 def nonneg_qp_floats(
-    K: list[list[float]],
+    M: list[list[float]],
     c: list[float],
     *,
     ridge: float = RIDGE,
@@ -208,11 +208,11 @@ def nonneg_qp_floats(
 
     The same pivoting rule, tolerances and ridge, so the same solution up to rounding, but
     without tensor ops: a tiny problem costs microseconds instead of a hundred. ``cache``
-    maps free sets to their Cholesky factors, so that problems sharing ``K`` and ``ridge``
+    maps free sets to their Cholesky factors, so that problems sharing ``M`` and ``ridge``
     (UPGrad's ``T`` projections) factorise each distinct free set once. ``free`` is a guess of
     the support (sorted indices), as in :func:`nonneg_qp`.
 
-    Returns ``None`` where a factorisation fails (``K`` not positive semi-definite): the
+    Returns ``None`` where a factorisation fails (``M`` not positive semi-definite): the
     caller falls back to :func:`nonneg_qp`, which lifts the ridge.
     """
     T = len(c)
@@ -227,16 +227,16 @@ def nonneg_qp_floats(
         key = tuple(F)
         entry = cache.get(key)
         if entry is None:
-            factor = cholesky_floats([[K[a][b] for b in F] for a in F], ridge)
+            factor = cholesky_floats([[M[a][b] for b in F] for a in F], ridge)
             if factor is None:
                 return None
-            entry = cache[key] = (factor, [K[f] for f in F])
+            entry = cache[key] = (factor, [M[f] for f in F])
         factor, rows = entry
         xF = cholesky_solve_floats(factor, [-c[j] for j in F])
         # Block exchanges can empty the free set (every free variable came out negative):
         # then x = 0, as in nonneg_qp, whose norm of a zero row is 0.
         neg_tol = neg_tol_c - TOL * max(map(abs, xF), default=0.0)
-        # The sign test of nonneg_qp on x + y: x on the free set, y = K x + c off it.
+        # The sign test of nonneg_qp on x + y: x on the free set, y = M x + c off it.
         if len(F) > 1:
             z = [cj + sum(map(mul, col, xF)) for cj, col in zip(c, zip(*rows))]
         elif F:

@@ -49,23 +49,23 @@ class RandomWeights(StochasticMixin, Aggregator):
         generator: torch.Generator | None = None,
         validate: bool = True,
     ) -> Tensor:
-        """As :meth:`Aggregator.__call__`, without scaling or copying ``K``: the draw needs
+        """As :meth:`Aggregator.__call__`, without scaling or copying ``M``: the draw needs
         only ``T``."""
-        K, diag, _, names = self._prepared(gramian, tasks, validate)
+        M, diag, _, names = self._prepared(gramian, tasks, validate)
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
-        return self._weights(K, tasks=names, key=key, generator=generator)
+        return self._weights(M, tasks=names, key=key, generator=generator)
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
         # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1).
-        draws = torch.empty(K.shape[0], dtype=torch.float64)
+        draws = torch.empty(M.shape[0], dtype=torch.float64)
         draws.exponential_(generator=self._generator_or_own(generator))
         return draws.div_(draws.sum())

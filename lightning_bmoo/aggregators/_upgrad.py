@@ -23,7 +23,7 @@ _FLOAT_MAX_TASKS = 7
 class UPGrad(Aggregator):
     """UPGrad: the average of each task gradient projected onto the dual cone of all of them.
 
-    For each task ``i``, ``v_i = argmin_v v^T K v`` s.t. ``v >= e_i / T`` gives the weights of
+    For each task ``i``, ``v_i = argmin_v v^T M v`` s.t. ``v >= e_i / T`` gives the weights of
     the projection of ``g_i / T`` onto the dual cone ``{x : G x >= 0}``; ``w = sum_i v_i``.
     The update conflicts with no task, and equals the mean (``w = 1/T``) when no two gradients
     conflict, so it is on mean's scale. The ``T`` projections are solved exactly and batched.
@@ -37,21 +37,21 @@ class UPGrad(Aggregator):
 
     def _weights(
         self,
-        K: Tensor,
+        M: Tensor,
         *,
         tasks: tuple[Hashable, ...],
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        T = K.shape[0]
+        T = M.shape[0]
         if T == 2:
-            (k11, k12), (_, k22) = K.tolist()
+            (k11, k12), (_, k22) = M.tolist()
             if k12 >= 0.0:
                 return torch.full((2,), 0.5, dtype=torch.float64)
             return torch.tensor([0.5 - 0.5 * k12 / k11, 0.5 - 0.5 * k12 / k22], dtype=torch.float64)
         # Only the column sums of V are needed: w_j = (1 + s_j sum_i r_i x_ij) / T.
         if T <= _FLOAT_MAX_TASKS:
-            solved = _float_projections(K)
+            solved = _float_projections(M)
             if solved is not None:
                 X, r, s = solved
                 rX = [0.0] * T
@@ -60,37 +60,37 @@ class UPGrad(Aggregator):
                 return torch.tensor(
                     [(1.0 + sj * a) / T for sj, a in zip(s, rX, strict=True)], dtype=torch.float64
                 )
-        X, r, s = _tensor_projections(K)
+        X, r, s = _tensor_projections(M)
         return (r @ X).mul_(s).add_(1.0).div_(T)
 
 
-def projection_weights(K: Tensor) -> Tensor:
+def projection_weights(M: Tensor) -> Tensor:
     """Returns ``V`` whose row ``i`` gives the projection of ``g_i / T`` onto the dual cone.
 
-    That is ``v_i = argmin_v v^T K v`` s.t. ``v >= e_i / T``, for a Gramian ``K`` with largest
+    That is ``v_i = argmin_v v^T M v`` s.t. ``v >= e_i / T``, for a Gramian ``M`` with largest
     diagonal 1 and ``T >= 2``.
     """
-    T = K.shape[0]
+    T = M.shape[0]
     if T == 2:
         # Each gradient loses its component along the other when they conflict.
-        (k11, k12), (_, k22) = K.tolist()
+        (k11, k12), (_, k22) = M.tolist()
         if k12 >= 0.0:
             return torch.eye(2, dtype=torch.float64) / 2
         return torch.tensor([[0.5, -0.5 * k12 / k22], [-0.5 * k12 / k11, 0.5]], dtype=torch.float64)
-    solved = _float_projections(K) if T <= _FLOAT_MAX_TASKS else None
+    solved = _float_projections(M) if T <= _FLOAT_MAX_TASKS else None
     if solved is None:
-        X, r, s = _tensor_projections(K)
+        X, r, s = _tensor_projections(M)
     else:
         X, r, s = (torch.tensor(v, dtype=torch.float64) for v in solved)
-    return torch.eye(T, dtype=K.dtype).add_(r[:, None] * X * s).div_(T)
+    return torch.eye(T, dtype=M.dtype).add_(r[:, None] * X * s).div_(T)
 
 
-def _float_projections(K: Tensor) -> tuple[list[list[float]], list[float], list[float]] | None:
+def _float_projections(M: Tensor) -> tuple[list[list[float]], list[float], list[float]] | None:
     """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s`` on Python floats.
 
     ``None`` where a factorisation fails (a Gramian that is not positive semi-definite).
     """
-    Kl = K.tolist()
+    Kl = M.tolist()
     T = len(Kl)
     r = [math.sqrt(Kl[i][i]) for i in range(T)]
     s = [1.0 / ri if ri > 0.0 else 0.0 for ri in r]
@@ -117,9 +117,9 @@ def _float_projections(K: Tensor) -> tuple[list[list[float]], list[float], list[
     return X, r, s
 
 
-def _tensor_projections(K: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _tensor_projections(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s``, batched in torch."""
-    K1, r, s = unit_diagonal(K)
+    K1, r, s = unit_diagonal(M)
     # In unit-diagonal variables problem i reads min (e_i + x)^T K1 (e_i + x), x >= 0, scaled
     # by r_i / T (the QP is positively homogeneous); row i of K1 is its linear term.
     X = nonneg_qp(K1, K1)

@@ -1,9 +1,9 @@
 """Interference figures of one step, computed from the Gramians the hook records.
 
-Every figure comes from the per-group Gramians ``K_g`` (``T x T``, raw-gradient units) and
+Every figure comes from the per-group Gramians ``M_g`` (``T x T``, raw-gradient units) and
 weights ``w_g`` of a :class:`~lightning_bmoo.comm.StepStats`: with ``g_i`` the gradient of
-language ``i`` and ``d = sum_t w_t g_t`` the update, ``g_i . g_j = sum_g K_g[i, j]``,
-``g_i . d = sum_g (K_g w_g)_i`` and ``|d|^2 = sum_g w_g^T K_g w_g``. No gradient is touched.
+language ``i`` and ``d = sum_t w_t g_t`` the update, ``g_i . g_j = sum_g M_g[i, j]``,
+``g_i . d = sum_g (M_g w_g)_i`` and ``|d|^2 = sum_g w_g^T M_g w_g``. No gradient is touched.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def interference(stats: StepStats, step: int | None = None) -> Interference:
     numel = torch.tensor([g.numel for g in stats.groups], dtype=torch.float64)
 
     dot = grams.sum(0)
-    applied = torch.einsum("gij,gj->gi", grams, weights)  # (K_g w_g)_i
+    applied = torch.einsum("gij,gj->gi", grams, weights)  # (M_g w_g)_i
     mean_w = slot_shares(stats)
     mean_applied = dot @ mean_w
     update_sq = float((weights * applied).sum())

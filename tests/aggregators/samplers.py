@@ -50,7 +50,7 @@ def degenerate_gramians(family: str, T: int, count: int, seed: int = 0) -> Tenso
     """Returns ``count`` float64 Gramians ``G G^T`` (``count x T x T``) of one degenerate family.
 
     * ``rank_deficient``: rank drawn from ``1 .. T-1``.
-    * ``near_singular``: condition number of ``K`` log-uniform in ``1e8 .. 1e16``.
+    * ``near_singular``: condition number of ``M`` log-uniform in ``1e8 .. 1e16``.
     * ``duplicated``: some rows repeated exactly, others repeated times a factor of either sign.
     * ``zero_rows``: ``1 .. T-1`` rows exactly zero.
     * ``mixed_scales``: one of the above (or plain Gaussian rows) with row norms log-uniform in
@@ -61,8 +61,8 @@ def degenerate_gramians(family: str, T: int, count: int, seed: int = 0) -> Tenso
     """
     g = torch.Generator().manual_seed(seed * 100_003 + T * 101 + SWEEP_FAMILIES.index(family))
     G = _degenerate_gradients(family, T, count, g)
-    K = G @ G.mT
-    return (K + K.mT) / 2
+    M = G @ G.mT
+    return (M + M.mT) / 2
 
 
 def _degenerate_gradients(family: str, T: int, count: int, g: torch.Generator) -> Tensor:

@@ -13,11 +13,11 @@ from lightning_bmoo.aggregators import CAGrad
 from .samplers import KINDS, gramian, sample_gradients
 
 
-def dual_objective(K, w, c):
-    """F(w) = w^T K 1/T + c |g0| sqrt(w^T K w) for rows w of a batch."""
-    b = K.mean(1)
+def dual_objective(M, w, c):
+    """F(w) = w^T M 1/T + c |g0| sqrt(w^T M w) for rows w of a batch."""
+    b = M.mean(1)
     s = c * math.sqrt(b.mean().item())
-    return w @ b + s * torch.einsum("bi,ij,bj->b", w, K, w).clamp(min=0).sqrt()
+    return w @ b + s * torch.einsum("bi,ij,bj->b", w, M, w).clamp(min=0).sqrt()
 
 
 def dual_weights(w, c):
@@ -33,21 +33,21 @@ def simplex_grid(T, steps):
     return grid / steps
 
 
-def projected_gradient(K, c, iters=1500):
+def projected_gradient(M, c, iters=1500):
     """Slow reference: projected subgradient descent on the simplex, best iterate."""
-    T = K.shape[0]
+    T = M.shape[0]
     w = torch.full((T,), 1.0 / T, dtype=torch.float64)
-    b, s = K.mean(1), c * math.sqrt(K.mean().item())
-    best = dual_objective(K, w[None], c).item()
+    b, s = M.mean(1), c * math.sqrt(M.mean().item())
+    best = dual_objective(M, w[None], c).item()
     for k in range(iters):
-        g = b + s * K @ w / (w @ K @ w).sqrt().clamp(min=1e-300)
+        g = b + s * M @ w / (w @ M @ w).sqrt().clamp(min=1e-300)
         v = w - 0.5 / math.sqrt(k + 10) * g
         u = v.sort(descending=True).values
         css = u.cumsum(0) - 1
         idx = torch.arange(1, T + 1)
         r = idx[u - css / idx > 0][-1]
         w = (v - css[r - 1] / r).clamp(min=0)
-        best = min(best, dual_objective(K, w[None], c).item())
+        best = min(best, dual_objective(M, w[None], c).item())
     return best
 
 
@@ -55,20 +55,20 @@ def projected_gradient(K, c, iters=1500):
 @pytest.mark.parametrize("kind", ["random", "conflicting", "extreme_scale", "aligned"])
 @pytest.mark.parametrize("c", [0.4, 1.0])
 def test_dual_not_beaten_by_a_grid(T, kind, c):
-    K = gramian(sample_gradients(kind, T, seed=4))
-    K = K / K.diagonal().max()
-    ours = dual_objective(K, dual_weights(CAGrad(c=c)(K), c)[None], c).item()
-    grid = dual_objective(K, simplex_grid(T, 200 if T == 3 else 4000), c).min().item()
+    M = gramian(sample_gradients(kind, T, seed=4))
+    M = M / M.diagonal().max()
+    ours = dual_objective(M, dual_weights(CAGrad(c=c)(M), c)[None], c).item()
+    grid = dual_objective(M, simplex_grid(T, 200 if T == 3 else 4000), c).min().item()
     assert ours <= grid + 1e-12
 
 
 @pytest.mark.parametrize("T", [5, 8])
 @pytest.mark.parametrize("kind", ["random", "conflicting"])
 def test_dual_not_beaten_by_projected_gradient(T, kind):
-    K = gramian(sample_gradients(kind, T, seed=5))
-    K = K / K.diagonal().max()
-    ours = dual_objective(K, dual_weights(CAGrad()(K), 0.4)[None], 0.4).item()
-    assert ours <= projected_gradient(K, 0.4) + 1e-9
+    M = gramian(sample_gradients(kind, T, seed=5))
+    M = M / M.diagonal().max()
+    ours = dual_objective(M, dual_weights(CAGrad()(M), 0.4)[None], 0.4).item()
+    assert ours <= projected_gradient(M, 0.4) + 1e-9
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -112,8 +112,8 @@ def test_primal_not_beaten_by_random_points_in_the_ball():
 
 
 def test_c_zero_is_the_mean():
-    K = gramian(sample_gradients("conflicting", 5))
-    torch.testing.assert_close(CAGrad(c=0.0)(K), torch.full((5,), 0.2, dtype=torch.float64))
+    M = gramian(sample_gradients("conflicting", 5))
+    torch.testing.assert_close(CAGrad(c=0.0)(M), torch.full((5,), 0.2, dtype=torch.float64))
 
 
 def test_opposite_gradients_with_c_one_give_zero_update():

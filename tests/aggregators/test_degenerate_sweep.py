@@ -50,7 +50,7 @@ def solved(name: str, options: tuple[tuple[str, float], ...]) -> tuple[Tensor, .
     for _, _, Ks in sweep():
         aggregator = get_aggregator(name, **dict(options))
         gens = (torch.Generator().manual_seed(b) for b in range(len(Ks)))
-        out.append(torch.stack([aggregator(K, generator=g) for K, g in zip(Ks, gens)]))
+        out.append(torch.stack([aggregator(M, generator=g) for M, g in zip(Ks, gens)]))
     return tuple(out)
 
 
@@ -71,8 +71,8 @@ def test_weights_are_finite_and_of_the_right_shape(name):
 def conflicts(Ks: Tensor, W: Tensor) -> Tensor:
     """Which Gramians' updates conflict with some task beyond rounding.
 
-    ``g_i . d = (K w)_i`` must be ``>= -|g_i| (1e-9 |d| + 1e-12 sum_j |w_j| |g_j|)``: the second
-    term is the rounding level of ``K w`` itself, which is all that is left of an update that
+    ``g_i . d = (M w)_i`` must be ``>= -|g_i| (1e-9 |d| + 1e-12 sum_j |w_j| |g_j|)``: the second
+    term is the rounding level of ``M w`` itself, which is all that is left of an update that
     (nearly) vanishes, e.g. at a Pareto-stationary point.
     """
     Kw = (Ks @ W[:, :, None]).squeeze(-1)
@@ -94,11 +94,11 @@ def test_not_conflicting(name):
     assert checked >= 10_000 or sizes != SWEEP_SIZES
 
 
-def cosines(K: Tensor) -> Tensor:
+def cosines(M: Tensor) -> Tensor:
     """The cosine matrix of the non-zero gradients."""
-    norms = K.diagonal().sqrt()
+    norms = M.diagonal().sqrt()
     live = norms > 0
-    return K[live][:, live] / torch.outer(norms[live], norms[live])
+    return M[live][:, live] / torch.outer(norms[live], norms[live])
 
 
 def test_imtl_g_equal_projections_where_full_rank():
@@ -107,13 +107,13 @@ def test_imtl_g_equal_projections_where_full_rank():
     # every non-zero unit gradient.
     checked = 0
     for (family, T, Ks), W in zip(sweep(), solved("imtl_g", ())):
-        for b, (K, w) in enumerate(zip(Ks, W)):
-            eigenvalues = torch.linalg.eigvalsh(cosines(K))
+        for b, (M, w) in enumerate(zip(Ks, W)):
+            eigenvalues = torch.linalg.eigvalsh(cosines(M))
             if not eigenvalues[0] > 1e-8 * eigenvalues[-1]:
                 continue
-            norms = K.diagonal().sqrt()
+            norms = M.diagonal().sqrt()
             live = norms > 0
-            projections = (K @ w)[live] / norms[live]
+            projections = (M @ w)[live] / norms[live]
             spread = float((w.abs() * norms).sum())
             error = float((projections - projections.mean()).abs().max())
             # Not asserted: a positive projection. The weights sum to 1 (the paper's scale), and
@@ -131,13 +131,13 @@ def test_nash_mtl_not_conflicting_where_the_bargaining_solution_exists():
     checked = 0
     mgda = get_aggregator("mgda")
     for (family, T, Ks), W in zip(sweep(), solved("nash_mtl", ())):
-        for b, (K, w) in enumerate(zip(Ks, W)):
-            C = cosines(K)
+        for b, (M, w) in enumerate(zip(Ks, W)):
+            C = cosines(M)
             if len(C) < 2:
                 continue
             v = mgda(C)
             if not float(v @ C @ v) > 1e-2:
                 continue
-            assert not conflicts(K[None], w[None]).any(), (family, T, b)
+            assert not conflicts(M[None], w[None]).any(), (family, T, b)
             checked += 1
     assert checked >= 1_000

@@ -91,15 +91,15 @@ def test_state_is_kept_per_key():
 def test_state_dict_round_trip_survives_torch_save(tmp_path):
     a = GradVac(beta=0.2)
     for step in range(3):
-        K = gramian(sample_gradients("random", 4, seed=step))
-        a(K, tasks=["en", "de", "fr", "ru"], key=("bucket", 0))
+        M = gramian(sample_gradients("random", 4, seed=step))
+        a(M, tasks=["en", "de", "fr", "ru"], key=("bucket", 0))
     torch.save(a.state_dict(), tmp_path / "gradvac.pt")
     b = GradVac(beta=0.2)
     b.load_state_dict(torch.load(tmp_path / "gradvac.pt", weights_only=True))
-    K = gramian(sample_gradients("conflicting", 4))
+    M = gramian(sample_gradients("conflicting", 4))
     gen = lambda: torch.Generator().manual_seed(9)  # noqa: E731
     kwargs = {"tasks": ["en", "de", "fr", "ru"], "key": ("bucket", 0)}
-    assert torch.equal(a(K, generator=gen(), **kwargs), b(K, generator=gen(), **kwargs))
+    assert torch.equal(a(M, generator=gen(), **kwargs), b(M, generator=gen(), **kwargs))
 
 
 def test_first_call_without_negative_cosine_is_the_mean():

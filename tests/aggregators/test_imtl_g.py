@@ -30,9 +30,9 @@ def test_update_has_equal_projections_on_unit_gradients(kind, T):
 @pytest.mark.parametrize("kind", ["random", "conflicting", "aligned"])
 @pytest.mark.parametrize("T", [2, 5, 8])
 def test_full_rank_matches_the_closed_form(kind, T):
-    K = gramian(sample_gradients(kind, T))
-    v = torch.linalg.solve(K, K.diagonal().sqrt())
-    torch.testing.assert_close(IMTLG()(K), v / v.sum(), rtol=1e-8, atol=1e-10)
+    M = gramian(sample_gradients(kind, T))
+    v = torch.linalg.solve(M, M.diagonal().sqrt())
+    torch.testing.assert_close(IMTLG()(M), v / v.sum(), rtol=1e-8, atol=1e-10)
 
 
 def test_zero_gradient_gets_no_weight():
@@ -50,7 +50,7 @@ def test_equal_gradients_give_their_value():
 
 
 def test_parallel_gradients_are_the_limit_of_nearly_parallel_ones():
-    # Rank-deficient K: the pseudo-inverse on cosines keeps the update continuous.
+    # Rank-deficient M: the pseudo-inverse on cosines keeps the update continuous.
     h, e = sample_gradients("random", 2)
     e = e - (e @ h) / (h @ h) * h
     exact = torch.stack([h, 3 * h])

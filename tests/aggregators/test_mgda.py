@@ -14,8 +14,8 @@ from .samplers import gramian, sample_gradients
 NONDEGENERATE = ("random", "conflicting", "duplicated", "extreme_scale", "aligned")
 
 
-def objective(K, w):
-    return w @ K @ w
+def objective(M, w):
+    return w @ M @ w
 
 
 def assert_kkt(G, w, rtol=1e-8):
@@ -31,16 +31,16 @@ def assert_kkt(G, w, rtol=1e-8):
     assert (slack[support].abs() <= tol[support]).all(), (slack, w)
 
 
-def frank_wolfe(K, iters=20000):
+def frank_wolfe(M, iters=20000):
     """Away-step-free Frank-Wolfe with exact line search: slow, simple, independent."""
-    T = K.shape[0]
+    T = M.shape[0]
     w = torch.full((T,), 1.0 / T, dtype=torch.float64)
     for _ in range(iters):
-        grad = K @ w
+        grad = M @ w
         e = torch.zeros(T, dtype=torch.float64)
         e[grad.argmin()] = 1.0
         step = e - w
-        curvature = step @ K @ step
+        curvature = step @ M @ step
         if curvature <= 0:
             break
         gamma = float((-(grad @ step) / curvature).clamp(0.0, 1.0))
@@ -60,24 +60,24 @@ def test_kkt(kind, T, seed):
 @pytest.mark.parametrize("kind", ["random", "conflicting", "aligned"])
 def test_not_beaten_by_a_grid(T, kind):
     G = sample_gradients(kind, T, seed=3)
-    K = gramian(G)
+    M = gramian(G)
     ticks = torch.linspace(0, 1, 201, dtype=torch.float64)
     grid = torch.tensor(
         [w for w in itertools.product(ticks.tolist(), repeat=T - 1) if sum(w) <= 1],
         dtype=torch.float64,
     )
     grid = torch.cat([grid, 1 - grid.sum(1, keepdim=True)], dim=1)
-    best = torch.einsum("bi,ij,bj->b", grid, K, grid).min()
-    assert objective(K, MGDA()(K)) <= best * (1 + 1e-12)
+    best = torch.einsum("bi,ij,bj->b", grid, M, grid).min()
+    assert objective(M, MGDA()(M)) <= best * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("T", [5, 8, 16])
 @pytest.mark.parametrize("kind", ["random", "conflicting"])
 def test_not_beaten_by_frank_wolfe(T, kind):
-    K = gramian(sample_gradients(kind, T, seed=4))
-    K = K / K.diagonal().max()
-    fw = objective(K, frank_wolfe(K, iters=3000))
-    assert objective(K, MGDA()(K)) <= fw + 1e-13
+    M = gramian(sample_gradients(kind, T, seed=4))
+    M = M / M.diagonal().max()
+    fw = objective(M, frank_wolfe(M, iters=3000))
+    assert objective(M, MGDA()(M)) <= fw + 1e-13
 
 
 def test_two_task_closed_form_matches_projection_formula():
@@ -113,9 +113,9 @@ def test_extreme_scales_keep_relative_precision():
 def test_slightly_indefinite_gramian_is_handled():
     # Partial Gramians summed in float32 may have eigenvalues slightly below zero.
     G = sample_gradients("rank_deficient", 6, seed=8)
-    K = gramian(G)
-    K = K - 1e-9 * K.diagonal().max() * torch.eye(6, dtype=torch.float64)
-    w = MGDA()(K)
+    M = gramian(G)
+    M = M - 1e-9 * M.diagonal().max() * torch.eye(6, dtype=torch.float64)
+    w = MGDA()(M)
     assert torch.isfinite(w).all() and (w >= 0).all()
     assert abs(float(w.sum()) - 1) < 1e-12
 

@@ -1,4 +1,4 @@
-"""Nash-MTL: the fixed point K alpha = 1/alpha, warm starts, state and the ridge."""
+"""Nash-MTL: the fixed point M alpha = 1/alpha, warm starts, state and the ridge."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def test_fixed_point_is_tight_without_near_singularity():
     G = sample_gradients("random", 8)
     agg = NashMTL(ridge=1e-15)
     alpha = raw_alpha(G, agg(gramian(G)))
-    K = gramian(G)
-    torch.testing.assert_close(K @ alpha, 1.0 / alpha, rtol=1e-12, atol=0)
+    M = gramian(G)
+    torch.testing.assert_close(M @ alpha, 1.0 / alpha, rtol=1e-12, atol=0)
 
 
 def test_warm_start_reduces_iterations_and_is_per_task():
@@ -55,13 +55,13 @@ def test_warm_start_reduces_iterations_and_is_per_task():
 
 
 def test_state_dict_round_trip():
-    K = gramian(sample_gradients("random", 4))
+    M = gramian(sample_gradients("random", 4))
     a = NashMTL()
-    a(K, tasks=["en", "de", "fr", "ru"], key=0)
+    a(M, tasks=["en", "de", "fr", "ru"], key=0)
     b = NashMTL()
     b.load_state_dict(a.state_dict())
     tasks = ["en", "de", "fr", "ru"]
-    assert torch.equal(a(K * 2, tasks=tasks, key=0), b(K * 2, tasks=tasks, key=0))
+    assert torch.equal(a(M * 2, tasks=tasks, key=0), b(M * 2, tasks=tasks, key=0))
     assert isinstance(a.state_dict()["state"][0]["en"], float)
 
 

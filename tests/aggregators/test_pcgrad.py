@@ -54,10 +54,10 @@ def test_visiting_order_matters_and_is_taken_from_the_generator():
 
 
 def test_own_generator_is_seeded():
-    K = gramian(sample_gradients("conflicting", 6))
-    assert torch.equal(PCGrad(seed=4)(K), PCGrad(seed=4)(K))
-    expected = PCGrad()(K, generator=torch.Generator().manual_seed(4))
-    assert torch.equal(PCGrad(seed=4)(K), expected)
+    M = gramian(sample_gradients("conflicting", 6))
+    assert torch.equal(PCGrad(seed=4)(M), PCGrad(seed=4)(M))
+    expected = PCGrad()(M, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(PCGrad(seed=4)(M), expected)
 
 
 def test_without_conflict_is_exactly_the_mean():

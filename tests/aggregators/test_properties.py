@@ -22,10 +22,10 @@ CONFLICT_AVERSE = {
 }
 
 
-def weights(name, K, seed=0, **options):
+def weights(name, M, seed=0, **options):
     """Weights from a fresh aggregator and a fresh generator seeded with ``seed``."""
     aggregator = get_aggregator(name, **options)
-    return aggregator(K, generator=torch.Generator().manual_seed(seed))
+    return aggregator(M, generator=torch.Generator().manual_seed(seed))
 
 
 def assert_not_conflicting(G, w):
@@ -73,8 +73,8 @@ def test_permutation_equivariant(name, kind, T):
 @pytest.mark.parametrize("kind", ["random", "conflicting", "rank_deficient"])
 @pytest.mark.parametrize("factor", [1e-8, 1e-3, 7.0, 1e8])
 def test_weights_invariant_under_positive_scaling(name, kind, factor):
-    K = gramian(sample_gradients(kind, 5, seed=2))
-    torch.testing.assert_close(weights(name, factor * K), weights(name, K), rtol=1e-6, atol=1e-9)
+    M = gramian(sample_gradients(kind, 5, seed=2))
+    torch.testing.assert_close(weights(name, factor * M), weights(name, M), rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", sorted(CONFLICT_AVERSE))
@@ -109,14 +109,14 @@ def test_one_zero_task_among_others_is_finite(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_deterministic(name):
-    K = gramian(sample_gradients("conflicting", 6))
-    assert torch.equal(weights(name, K, seed=3), weights(name, K, seed=3))
+    M = gramian(sample_gradients("conflicting", 6))
+    assert torch.equal(weights(name, M, seed=3), weights(name, M, seed=3))
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_float32_input_gives_float64_weights_close_to_float64_input(name):
-    K = gramian(sample_gradients("random", 4, seed=5))
-    torch.testing.assert_close(weights(name, K.float()), weights(name, K), rtol=1e-4, atol=1e-5)
+    M = gramian(sample_gradients("random", 4, seed=5))
+    torch.testing.assert_close(weights(name, M.float()), weights(name, M), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -148,12 +148,12 @@ def test_state_dict_round_trip_continues_identically(name):
     Ks = [gramian(sample_gradients("conflicting", 4, seed=s)) for s in range(6)]
     tasks = ["en", "de", "fr", "ru"]
     a, b = get_aggregator(name), get_aggregator(name)
-    for K in Ks[:3]:
-        a(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(0))
+    for M in Ks[:3]:
+        a(M, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(0))
     b.load_state_dict(a.state_dict())
-    for K in Ks[3:]:
-        wa = a(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
-        wb = b(K, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
+    for M in Ks[3:]:
+        wa = a(M, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
+        wb = b(M, tasks=tasks, key="bucket0", generator=torch.Generator().manual_seed(1))
         assert torch.equal(wa, wb)
     a.reset()
     fresh = get_aggregator(name)
@@ -164,21 +164,21 @@ def test_state_dict_round_trip_continues_identically(name):
     )
 
 
-def fresh_weights(name, K, **kwargs):
+def fresh_weights(name, M, **kwargs):
     """Weights from a fresh aggregator and a generator seeded with 0 (state starts empty)."""
-    return get_aggregator(name)(K, generator=torch.Generator().manual_seed(0), **kwargs)
+    return get_aggregator(name)(M, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 16])
 def test_trusted_path_gives_the_same_weights(name, kind, T):
-    K = gramian(sample_gradients(kind, T, seed=4))
-    K = (K + K.T) / 2  # exactly symmetric, as the trusted path requires
-    copy = K.clone()
-    trusted = fresh_weights(name, K, validate=False)
-    assert torch.equal(trusted, fresh_weights(name, K))
-    assert torch.equal(K, copy), "the caller's Gramian was modified"
+    M = gramian(sample_gradients(kind, T, seed=4))
+    M = (M + M.T) / 2  # exactly symmetric, as the trusted path requires
+    copy = M.clone()
+    trusted = fresh_weights(name, M, validate=False)
+    assert torch.equal(trusted, fresh_weights(name, M))
+    assert torch.equal(M, copy), "the caller's Gramian was modified"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -192,18 +192,18 @@ def test_trusted_path_skips_validation_but_keeps_the_conventions(name, monkeypat
     ).tolist() == [1.0]
     zero = torch.zeros(3, 3, dtype=torch.float64)
     assert fresh_weights(name, zero, validate=False).tolist() == [1 / 3] * 3
-    K = gramian(sample_gradients("conflicting", 4, seed=5))
-    K = (K + K.T) / 2
+    M = gramian(sample_gradients("conflicting", 4, seed=5))
+    M = (M + M.T) / 2
     torch.testing.assert_close(
-        fresh_weights(name, 1e6 * K, validate=False),
-        fresh_weights(name, K, validate=False),
+        fresh_weights(name, 1e6 * M, validate=False),
+        fresh_weights(name, M, validate=False),
         rtol=1e-6,
         atol=1e-9,
     )
     with pytest.raises(ValueError, match="task names"):
-        get_aggregator(name)(K, tasks=["en"], validate=False)
+        get_aggregator(name)(M, tasks=["en"], validate=False)
     # A float32 Gramian (exactly symmetric) gives the weights of its float64 copy.
-    K32 = K.float()
+    K32 = M.float()
     torch.testing.assert_close(
         fresh_weights(name, K32, validate=False),
         fresh_weights(name, K32.double(), validate=False),

@@ -14,10 +14,10 @@ from .samplers import gramian, sample_gradients
 
 def draws(T: int, count: int, seed: int = 0):
     """``count`` weight vectors for one Gramian, each call with its own seeded generator."""
-    K = gramian(sample_gradients("conflicting", T))
+    M = gramian(sample_gradients("conflicting", T))
     aggregator = RandomWeights()
     return torch.stack(
-        [aggregator(K, generator=torch.Generator().manual_seed(seed + b)) for b in range(count)]
+        [aggregator(M, generator=torch.Generator().manual_seed(seed + b)) for b in range(count)]
     )
 
 
@@ -52,21 +52,21 @@ def test_weights_ignore_the_gramian_and_follow_the_generator():
 
 
 def test_never_touches_the_global_rng():
-    K = gramian(sample_gradients("random", 5))
+    M = gramian(sample_gradients("random", 5))
     torch.manual_seed(123)
     state = torch.get_rng_state()
     aggregator = RandomWeights()
-    aggregator(K)
-    aggregator(K, generator=torch.Generator().manual_seed(1))
+    aggregator(M)
+    aggregator(M, generator=torch.Generator().manual_seed(1))
     assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_own_generator_is_seeded_and_advances():
-    K = gramian(sample_gradients("random", 3))
+    M = gramian(sample_gradients("random", 3))
     a, b = RandomWeights(seed=4), RandomWeights(seed=4)
-    first = a(K)
-    assert torch.equal(first, b(K))
-    assert not torch.equal(a(K), first)
+    first = a(M)
+    assert torch.equal(first, b(M))
+    assert not torch.equal(a(M), first)
 
 
 def test_registered_as_a_stochastic_stateless_control():

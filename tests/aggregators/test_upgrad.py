@@ -11,17 +11,17 @@ from lightning_bmoo.aggregators._upgrad import projection_weights
 from .samplers import KINDS, gramian, sample_gradients
 
 
-def normalised(K):
-    return K / K.diagonal().max()
+def normalised(M):
+    return M / M.diagonal().max()
 
 
-def assert_projection_kkt(K, V, rtol=1e-9):
-    """Row i of V solves min v^T K v s.t. v >= e_i / T (K with largest diagonal 1)."""
-    T = K.shape[0]
+def assert_projection_kkt(M, V, rtol=1e-9):
+    """Row i of V solves min v^T M v s.t. v >= e_i / T (M with largest diagonal 1)."""
+    T = M.shape[0]
     U = torch.eye(T, dtype=torch.float64) / T
-    KV = V @ K  # row i: K v_i, i.e. g_j . d_i for every task j
-    norms = K.diagonal().sqrt()
-    d_norms = torch.einsum("ij,jk,ik->i", V, K, V).clamp_min(0).sqrt()
+    KV = V @ M  # row i: M v_i, i.e. g_j . d_i for every task j
+    norms = M.diagonal().sqrt()
+    d_norms = torch.einsum("ij,jk,ik->i", V, M, V).clamp_min(0).sqrt()
     # Scale of g_j . d_i; an absolute floor at the rounding level of unit-scale entries.
     tol = rtol * (norms[None, :] * d_norms[:, None]) + 1e-13
     assert (-1e-12 * V.abs().amax(1, keepdim=True) <= V - U).all(), "primal feasibility"
@@ -51,9 +51,9 @@ def test_each_projection_satisfies_kkt(kind, T, request):
     if kind == "rank_deficient" and T == 64:
         # Known limitation: pivoting on 64 tasks of rank T/2 wanders (rounding noise in the
         # null space flips signs) and stops at the pivot cap with a feasible, non-optimal x.
-        request.applymarker(pytest.mark.xfail(reason="pivot cap on large rank-deficient K"))
-    K = normalised(gramian(sample_gradients(kind, T, n=80)))
-    assert_projection_kkt(K, projection_weights(K))
+        request.applymarker(pytest.mark.xfail(reason="pivot cap on large rank-deficient M"))
+    M = normalised(gramian(sample_gradients(kind, T, n=80)))
+    assert_projection_kkt(M, projection_weights(M))
 
 
 @pytest.mark.parametrize("kind", ["random", "conflicting", "duplicated", "rank_deficient"])
@@ -97,8 +97,8 @@ def test_positively_spanning_gradients_give_zero_update():
 
 def test_slightly_indefinite_gramian_is_handled():
     G = sample_gradients("rank_deficient", 6, seed=5)
-    K = gramian(G) - 1e-9 * torch.eye(6, dtype=torch.float64) * gramian(G).diagonal().max()
-    w = UPGrad()(K)
+    M = gramian(G) - 1e-9 * torch.eye(6, dtype=torch.float64) * gramian(G).diagonal().max()
+    w = UPGrad()(M)
     assert torch.isfinite(w).all() and (w >= 1 / 6 - 1e-12).all()
 
 
@@ -109,7 +109,7 @@ def test_pivoting_through_an_empty_free_set(seed):
     g = torch.Generator().manual_seed(seed)
     randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
     G = randn(6, 3) @ randn(3, 50)
-    K = normalised(gramian(G))
-    assert_projection_kkt(K, projection_weights(K))
+    M = normalised(gramian(G))
+    assert_projection_kkt(M, projection_weights(M))
     w = UPGrad()(gramian(G))
     assert (w >= 1 / 6 - 1e-12).all()
