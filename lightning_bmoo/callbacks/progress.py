@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -36,7 +37,6 @@ class StepProgressBar(TQDMProgressBar):
         description: the bar's label, e.g. ``"fine-tuning"``.
         refresh_rate: redraw every that many optimizer steps (and at the last).
         process_position: see :class:`~lightning.pytorch.callbacks.TQDMProgressBar`.
-        leave: keep the bar of every epoch on screen; by default one bar spans the fit.
         language_losses: show the per-language training loss.
         loss_window: microbatches per language in that average.
 
@@ -50,14 +50,13 @@ class StepProgressBar(TQDMProgressBar):
         *,
         refresh_rate: int = 1,
         process_position: int = 0,
-        leave: bool = False,
         language_losses: bool = True,
         loss_window: int = 20,
     ) -> None:
         for name, value in (("refresh_rate", refresh_rate), ("loss_window", loss_window)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}.")
-        super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
+        super().__init__(refresh_rate=refresh_rate, process_position=process_position)
         self.description = description
         self.language_losses = language_losses
         self.loss_window = loss_window
@@ -71,25 +70,31 @@ class StepProgressBar(TQDMProgressBar):
 
     @override
     def init_train_tqdm(self) -> Tqdm:
-        bar = super().init_train_tqdm()
-        bar.unit = "step"
-        return bar
+        total = self.trainer.estimated_stepping_batches
+        return Tqdm(
+            desc=self.description,
+            total=None if math.isinf(total) else int(total),
+            # A resumed fit starts where its checkpoint left off; the rate counts from there.
+            initial=self.trainer.global_step,
+            unit="step",
+            position=2 * self.process_position,
+            disable=self.is_disabled,
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stdout,
+            smoothing=0,
+            bar_format=self.BAR_FORMAT,
+        )
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.train_progress_bar = self.init_train_tqdm()
-        self.train_progress_bar.reset(total=self._total(trainer))
-        # A resumed fit starts where its checkpoint left off; the rate counts from there.
-        self.train_progress_bar.initial = trainer.global_step
         self._losses = {}
         self._shown_step = -1
         self._show(trainer, pl_module, force=True)
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, *_: Any) -> None:
-        if self._leave and trainer.current_epoch > 0:
-            self.train_progress_bar = self.init_train_tqdm()
-            self.train_progress_bar.reset(total=self._total(trainer))
         several = trainer.current_epoch > 0 or (trainer.max_epochs or 0) > 1
         epoch = f" (epoch {trainer.current_epoch})" if several else ""
         self.train_progress_bar.set_description(f"{self.description}{epoch}")
@@ -110,22 +115,17 @@ class StepProgressBar(TQDMProgressBar):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._show(trainer, pl_module, force=True)
-        if self._leave:
-            self.train_progress_bar.close()
 
     @override
     def get_metrics(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
     ) -> dict[str, int | str | float | dict[str, float]]:
         metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the logger's version: the bar has no room to spare
         losses = self.language_loss
         if losses:
             metrics["loss by language"] = " ".join(f"{k} {v:.3g}" for k, v in losses.items())
         return metrics
-
-    def _total(self, trainer: pl.Trainer) -> int | None:
-        total = trainer.estimated_stepping_batches
-        return None if math.isinf(total) else int(total)
 
     def _show(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, force: bool = False
