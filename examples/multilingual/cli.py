@@ -41,7 +41,8 @@ class _Help(argparse.ArgumentDefaultsHelpFormatter):
     """Shows ``(default: X)`` unless there is no default value to show or the help says it."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False) or "default" in (action.help or ""):
+        no_value = action.default is None or action.default is False  # 0 is a value
+        if no_value or "(default: " in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="an aggregator option, e.g. c=0.5 for cagrad (repeatable; default: none)",
+        help="an aggregator option, e.g. c=0.5 for cagrad; repeatable (default: none)",
     )
     moo.add_argument(
         "--transport", default="sharded", choices=list(TRANSPORTS), help="gradient exchange"
@@ -138,9 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--temperature",
         type=_at_least(0.0, float),
         default=0.0,
-        help="sampling temperature tau, p ~ n^(1/tau); 0 is uniform. With the default 6 "
-        "languages in 2 x 3 slots every step holds each language once, so tau only matters "
-        "with more languages than slots or --no-coverage",
+        help="sampling temperature tau, p ~ n^(1/tau); 0 is uniform. When every step holds "
+        "each language once (6 languages in 2 x 3 slots) tau changes nothing; it matters "
+        "with more languages than slots, or with --no-coverage",
     )
     sampling.add_argument(
         "--coverage",
