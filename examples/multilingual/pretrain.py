@@ -4,8 +4,8 @@ Fine-tuning needs a model that already knows the languages a little, as a real L
 :func:`pretrain_base` trains :class:`.model.TransformerLM` with plain Lightning on mixed-language
 batches and saves its state dict as ``base-<hash>.pt`` (with a ``.json`` of its settings and
 final loss); the hash covers the tokenizer, the text and every setting, so a second run with
-the same ones loads the file instead. :func:`prepare_base` does the whole stage on the Bible
-data, or takes a checkpoint you pass instead::
+the same ones loads the file instead. :func:`prepare_base` does the whole stage (tokenizer and
+base model) on any text, saying what it does, or takes a checkpoint you pass instead::
 
     python -m examples.multilingual.pretrain --languages en fr ru ar --cache-dir .cache/ml
 """
