@@ -38,16 +38,16 @@ The convention (follow it when you write documentation):
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.launch_env import ROOT, launch_env
+
 from .snippets import Session, sessions
 
-ROOT = Path(__file__).resolve().parents[2]
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 TIMEOUT_S = 240
 CASES = [
@@ -65,13 +65,7 @@ def test_there_are_snippets_to_run() -> None:
 def test_snippet_session_runs(path: Path, session: Session, tmp_path: Path) -> None:
     script = tmp_path / f"{path.name}.py"  # tracebacks show e.g. "README.md.py", line 57
     script.write_text(session.script(), encoding="utf-8")
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
+    env = launch_env(WANDB_MODE="offline", WANDB_SILENT="true", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, script.name]
     if session.launcher == "torchrun":
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -30,7 +30,11 @@ def data_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_two_runs_keep_both_results_and_say_where(data_dir, tmp_path, capsys):
+def test_two_runs_keep_both_results_and_say_where(data_dir, tmp_path, capsys, monkeypatch):
+    # The in-process DDP job writes MASTER_ADDR/MASTER_PORT into os.environ: undo it after.
+    for key in ("MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
     threads = torch.get_num_threads()
     argv = [
         "--data-dir", str(data_dir), "--out", str(tmp_path / "runs"),

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.launch_env import ROOT, launch_env
 
 
 def test_quickstart_trains_on_two_ranks_and_writes_the_report(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = launch_env()
     cmd = [sys.executable, "-m", "examples.quickstart", "--steps", "20", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
