@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from lightning_bmoo import available_aggregators
 from lightning_bmoo.comm import GRANULARITIES, TRANSPORTS, check_hook_options
 
-from .data import BIBLE_TRANSLATIONS
+from .texts import BIBLE_TRANSLATIONS
 
 PROG = "python -m examples.multilingual.finetune"
 DEFAULT_LANGUAGES = ["ar", "de", "en", "fa", "fr", "ru"]

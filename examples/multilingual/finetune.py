@@ -36,17 +36,11 @@ from lightning_bmoo import BucketMOOStrategy
 from lightning_bmoo.callbacks import InterferenceMonitor, StepProgressBar
 
 from .cli import DEFAULT_LANGUAGES, UsageError, build_parser, parse_args
-from .data import (
-    build_datasets,
-    build_train_loader,
-    build_val_loader,
-    holdout_split,
-    load_bible,
-    load_folder,
-)
+from .data import build_datasets, build_train_loader, build_val_loader
 from .model import PAD_ID, LMConfig, MultilingualLM, causal_lm_loss
 from .pretrain import prepare_base
 from .quiet import silence_known_noise
+from .texts import holdout_split, load_bible, load_folder
 
 #: The run folder chosen by the launching process, inherited by the DDP ranks it starts.
 RUN_DIR_ENV = "LIGHTNING_BMOO_EXAMPLE_RUN_DIR"

@@ -29,9 +29,10 @@ from torch.utils.data import ConcatDataset, DataLoader
 
 from lightning_bmoo.callbacks import StepProgressBar
 
-from .data import BIBLE_TRANSLATIONS, build_datasets, load_bible
+from .data import build_datasets
 from .model import LMConfig, MultilingualLM
 from .quiet import lightning_quiet, silence_known_noise
+from .texts import BIBLE_TRANSLATIONS, load_bible
 from .tokenizer import Tokenizer, train_tokenizer
 
 __all__ = ["base_path", "check_base", "prepare_base", "pretrain_base"]

