@@ -39,8 +39,9 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
     """Runs the example once (or reads a finished run) and returns its results."""
     aggregator, granularity = config.split(":")
     name = f"{aggregator}-{granularity}-s{seed}"
-    results = args.out / name / "results.json"
-    if not results.exists():
+    # The example writes each run into a new folder OUT/NAME/version_N.
+    finished = sorted((args.out / name).glob("version_*/results.json"))
+    if not finished:
         cmd = [
             sys.executable,
             "-m",
@@ -66,8 +67,11 @@ def run_one(config: str, seed: int, args: argparse.Namespace) -> dict:
         ]
         print(f"running {name} ...", file=sys.stderr, flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    out = json.loads(results.read_text())
-    out["peak_extra_mb"] = _last(args.out / name / "metrics.csv", "interference/comm/peak_extra_mb")
+        finished = sorted((args.out / name).glob("version_*/results.json"))
+    latest = max(finished, key=lambda path: int(path.parent.name.removeprefix("version_")))
+    out = json.loads(latest.read_text())
+    metrics = Path(out["run_dir"]) / "csv" / "metrics.csv"
+    out["peak_extra_mb"] = _last(metrics, "interference/comm/peak_extra_mb")
     return out
 
 

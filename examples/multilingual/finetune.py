@@ -1,18 +1,18 @@
 """Multilingual fine-tuning with bucket-level MOO: the package's main example.
 
-Stages, all offline:
+Stages, all offline, each announced on one line:
 
-1. base model: a SentencePiece tokenizer and a small causal transformer pretrained on the
-   Old Testament of every language (cached), or your own checkpoint (``--base-checkpoint``);
-2. fine-tuning on the New Testament with ``BucketMOOStrategy`` + ``LanguageBatchSampler`` +
+1. data: the public-domain Bible extract shipped in ``bible/`` (or ``--data-dir``);
+2. base model: a SentencePiece tokenizer and a small causal transformer pretrained on the Old
+   Testament of every language, each trained once and cached (or ``--base-checkpoint``);
+3. fine-tuning on the New Testament with ``BucketMOOStrategy`` + ``LanguageBatchSampler`` +
    ``InterferenceMonitor`` on ``--devices`` CPU processes over gloo (or GPUs over NCCL),
-   logged to W&B (offline unless you are logged in) and to CSV;
-3. a per-language validation table, and a local HTML conflict report.
+   logged to CSV and W&B (offline unless you are logged in), with a progress bar in optimizer
+   steps;
+4. a per-language validation table (before and after fine-tuning) and an HTML conflict report.
 
-    python -m examples.multilingual.finetune --aggregator mgda --steps 150
-
-Your own data: ``--data-dir DIR`` with one ``<lang>.txt`` (a line per example) or
-``<lang>.jsonl`` (field ``text``) per language; a tenth of each is held out for validation.
+Every run writes into a new folder ``--out/NAME/version_N``; nothing of an earlier run is
+touched. ``python -m examples.multilingual.finetune --help`` lists the options.
 """
 
 from __future__ import annotations
@@ -22,107 +22,59 @@ import json
 import netrc
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.data import DataLoader, Dataset
 
-from lightning_bmoo import BucketMOOStrategy, available_aggregators
-from lightning_bmoo.callbacks import InterferenceMonitor
-from lightning_bmoo.comm import GRANULARITIES, TRANSPORTS
+from lightning_bmoo import BucketMOOStrategy
+from lightning_bmoo.callbacks import InterferenceMonitor, StepProgressBar
 
-from .data import (
-    build_datasets,
-    build_train_loader,
-    build_val_loader,
-    holdout_split,
-    load_bible,
-    load_folder,
-)
-from .model import LMConfig, MultilingualLM
-from .pretrain import check_base, prepare_base, pretrain_base
-from .tokenizer import Tokenizer, train_tokenizer
+from .cli import DEFAULT_LANGUAGES, UsageError, build_parser, parse_args
+from .data import build_datasets, build_train_loader, build_val_loader
+from .model import PAD_ID, LMConfig, MultilingualLM, causal_lm_loss
+from .pretrain import prepare_base
+from .quiet import silence_known_noise
+from .texts import holdout_split, load_bible, load_folder
 
-DEFAULT_LANGUAGES = ["ar", "de", "en", "fa", "fr", "ru"]
+#: The run folder chosen by the launching process, inherited by the DDP ranks it starts.
+RUN_DIR_ENV = "LIGHTNING_BMOO_EXAMPLE_RUN_DIR"
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The example's command line (every knob of the run)."""
-    p = argparse.ArgumentParser(
-        description="Multilingual fine-tuning with bucket-level MOO (lightning_bmoo).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument(
-        "--languages",
-        nargs="+",
-        default=DEFAULT_LANGUAGES,
-        help="Bible languages (en fr it es de ro ru ar fa)",
-    )
-    p.add_argument("--data-dir", type=Path, help="your own data instead of the Bible")
-    p.add_argument("--aggregator", default="mgda", choices=available_aggregators())
-    p.add_argument(
-        "--aggregator-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="e.g. c=0.5 for cagrad (repeatable)",
-    )
-    p.add_argument("--transport", default="sharded", choices=list(TRANSPORTS))
-    p.add_argument("--granularity", default="bucket", choices=list(GRANULARITIES))
-    p.add_argument("--bucket-mb", type=float, default=0.5, help="DDP bucket size")
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=5.0,
-        help="sampling temperature tau (p ~ n^(1/tau)); 0 for uniform",
-    )
-    p.add_argument("--devices", type=int, default=2, help="processes (CPU) or GPUs")
-    p.add_argument("--accelerator", default="cpu")
-    p.add_argument(
-        "--slots-per-rank",
-        type=int,
-        default=3,
-        help="K: language-homogeneous microbatches per rank per step",
-    )
-    p.add_argument("--steps", type=int, default=150, help="fine-tuning optimizer steps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--val-verses", type=int, default=200, help="validation verses per language")
-    p.add_argument("--val-every", type=int, default=50, help="validate every N steps")
-    p.add_argument("--monitor-every", type=int, default=10, help="interference logging interval")
-    p.add_argument(
-        "--logger",
-        default="wandb",
-        choices=["wandb", "csv"],
-        help="wandb also writes CSV; W&B runs offline unless you are logged in",
-    )
-    p.add_argument("--base-checkpoint", type=Path, help="your own base model state dict")
-    p.add_argument("--pretrain-steps", type=int, default=300)
-    p.add_argument("--out", type=Path, default=Path("runs"), help="logs, report, results")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=Path(".cache/lightning_bmoo"),
-        help="tokenizer and base model cache",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="run name (default: from the aggregator and seed)")
-    p.add_argument("--no-report", action="store_true", help="skip the HTML report")
-    return p.parse_args(argv)
+@rank_zero_only
+def say(message: str) -> None:
+    """Prints a stage line, once (on rank 0)."""
+    print(message, flush=True)
 
 
-def _options(pairs: list[str]) -> dict[str, Any]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--aggregator-option expects KEY=VALUE, got {pair!r}")
-        options[key] = json.loads(value) if value[:1] in "-0123456789[{tfn" else value
-    return options
+def run_name(args: argparse.Namespace) -> str:
+    """``--name``, or one that tells runs apart: aggregator, granularity, data, steps, seed."""
+    if args.name:
+        return args.name
+    if args.data_dir is not None:
+        data = args.data_dir.resolve().name
+    else:
+        data = "bible-" + "+".join(sorted(args.languages or DEFAULT_LANGUAGES))
+    return f"{args.aggregator}-{args.granularity}-{data}-{args.steps}steps-s{args.seed}"
+
+
+def claim_run_dir(out: Path, name: str) -> Path:
+    """Creates ``out/name/version_N`` with the first free N; two runs never share a folder."""
+    parent = out / name
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in parent.glob("version_*") if p.name[8:].isdigit()]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (parent / f"version_{n}").mkdir()  # atomic: a concurrent run gets another N
+            return (parent / f"version_{n}").resolve()
+        except FileExistsError:
+            n += 1
 
 
 class LanguageData(pl.LightningDataModule):
@@ -132,52 +84,97 @@ class LanguageData(pl.LightningDataModule):
         super().__init__()
         self.train, self.val, self.args, self.pad_id = train, val, args, pad_id
 
-    def train_dataloader(self):
-        tau = self.args.temperature
+    def train_dataloader(
+        self, rank: int | None = None, world_size: int | None = None
+    ) -> DataLoader:
         return build_train_loader(
             self.train,
             self.args.batch_size,
             slots_per_rank=self.args.slots_per_rank,
-            probabilities="uniform" if tau == 0 else tau,
+            rank=rank,
+            world_size=world_size,
+            probabilities="uniform" if self.args.temperature == 0 else self.args.temperature,
             seed=self.args.seed,
             steps_per_epoch=self.args.steps,
+            coverage=self.args.coverage,
+            drop_last=self.args.drop_last,
             pad_id=self.pad_id,
         )
 
-    def val_dataloader(self):
+    def val_dataloader(self) -> DataLoader:
         return build_val_loader(self.val, self.args.batch_size, pad_id=self.pad_id)
 
 
-def prepare(args: argparse.Namespace) -> tuple[Tokenizer, Path, dict, dict, LMConfig]:
-    """Tokenizer, base checkpoint, and the fine-tuning/validation texts per language."""
-    config = LMConfig(max_seq_len=args.seq_len)
-    if args.data_dir is not None:
-        train, val = holdout_split(load_folder(args.data_dir), 0.1, seed=args.seed)
-        tokenizer = train_tokenizer(train, args.cache)
-        config = LMConfig(max_seq_len=args.seq_len, vocab_size=tokenizer.vocab_size)
-        if args.base_checkpoint is not None:
-            base = check_base(args.base_checkpoint, config)
-        else:
-            base = pretrain_base(
-                train,
-                tokenizer,
-                args.cache,
-                config=config,
-                steps=args.pretrain_steps,
-                seed=args.seed,
+def load_texts(
+    args: argparse.Namespace,
+) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, list[str]]]:
+    """``(pretraining, fine-tuning, validation)`` texts per language.
+
+    Raises:
+        UsageError: naming ``--data-dir`` or ``--languages`` when the data cannot serve.
+    """
+    if args.data_dir is None:
+        languages = args.languages or DEFAULT_LANGUAGES
+        pretrain = load_bible(languages, "pretrain")
+        train = load_bible(languages, "finetune")
+        val = load_bible(languages, "validation", max_verses=args.val_verses)
+        say(
+            f"data: Bible, {len(languages)} languages ({' '.join(languages)}): "
+            f"{len(train[languages[0]]):,} fine-tuning and {len(val[languages[0]])} validation "
+            "verses each"
+        )
+        return pretrain, train, val
+    try:
+        texts = load_folder(args.data_dir)
+    except (OSError, ValueError) as err:
+        raise UsageError("--data-dir", str(err)) from None
+    if args.languages is not None:
+        missing = sorted(set(args.languages) - set(texts))
+        if missing:
+            raise UsageError(
+                "--languages", f"{missing} have no file in {args.data_dir} (it has {sorted(texts)})"
             )
-        return tokenizer, base, train, val, config
-    tokenizer, base = prepare_base(
-        args.languages,
-        args.cache,
-        checkpoint=args.base_checkpoint,
-        config=config,
-        steps=args.pretrain_steps,
+        texts = {lang: texts[lang] for lang in args.languages}
+    try:
+        train, val = holdout_split(texts, 0.1, seed=args.seed)
+    except ValueError as err:
+        raise UsageError("--data-dir", str(err)) from None
+    say(
+        f"data: {args.data_dir}, {len(texts)} languages: "
+        + ", ".join(f"{lang} {len(train[lang]):,}+{len(val[lang]):,}" for lang in sorted(texts))
+        + " examples (fine-tuning+validation)"
     )
-    config = LMConfig(max_seq_len=args.seq_len, vocab_size=tokenizer.vocab_size)
-    train = load_bible(args.languages, "finetune")
-    val = load_bible(args.languages, "validation", max_verses=args.val_verses)
-    return tokenizer, base, train, val, config
+    return train, train, val
+
+
+def check_schedule(data: LanguageData, args: argparse.Namespace) -> None:
+    """Builds rank 0's training loader once, so that data too small to fill a step fails here.
+
+    Raises:
+        UsageError: naming ``--batch-size`` with the sampler's reason.
+    """
+    try:
+        data.train_dataloader(rank=0, world_size=args.devices)
+    except ValueError as err:
+        raise UsageError("--batch-size", str(err)) from None
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultilingualLM, datasets: Mapping[str, Dataset], batch_size: int
+) -> dict[str, float]:
+    """Token-weighted validation loss per language, in this process (the base model's)."""
+    model.eval()
+    losses = {}
+    for lang, dataset in sorted(datasets.items()):
+        total = tokens = 0.0
+        for batch in DataLoader(dataset, batch_size=batch_size):
+            ids = batch["input_ids"]
+            total += float(causal_lm_loss(model(ids), ids, reduction="sum"))
+            tokens += float((ids[:, 1:] != PAD_ID).sum())
+        losses[lang] = total / max(tokens, 1.0)
+    model.train()
+    return losses
 
 
 def _wandb_logged_in() -> bool:
@@ -196,35 +193,79 @@ def _wandb_logged_in() -> bool:
         return False
 
 
-def make_loggers(args: argparse.Namespace, name: str) -> list[Logger]:
-    """CSV always (the HTML report reads it); W&B too unless ``--logger csv``."""
-    loggers: list[Logger] = [CSVLogger(args.out, name=name, version="")]
+def make_loggers(args: argparse.Namespace, run_dir: Path, name: str) -> list[Logger]:
+    """CSV in ``run_dir/csv`` (the HTML report reads it); W&B in ``run_dir/wandb`` unless
+    ``--logger csv``.
+
+    The CSV logs get their own folder because Lightning starts W&B first, and the CSV logger
+    warns about (and deletes) earlier files in a folder it finds not empty.
+    """
+    loggers: list[Logger] = [CSVLogger(run_dir, name="", version="csv")]
     if args.logger == "wandb":
-        loggers.append(
-            WandbLogger(
-                project="lightning_bmoo",
-                name=name,
-                save_dir=str(args.out),
-                offline=not _wandb_logged_in(),
-            )
+        wandb_logger = WandbLogger(
+            project="lightning_bmoo",
+            name=f"{name}/{run_dir.name}",
+            save_dir=str(run_dir),
+            offline=not _wandb_logged_in(),
         )
+        # Lightning always passes anonymous=None, which wandb 0.31 warns is deprecated.
+        wandb_logger._wandb_init.pop("anonymous", None)
+        loggers.append(wandb_logger)
     return loggers
 
 
+def prepare(args: argparse.Namespace) -> tuple[Path, LanguageData, LMConfig]:
+    """Data, tokenizer, base model and datasets; every problem found here names its option.
+
+    Raises:
+        UsageError: for data or a base checkpoint that cannot serve.
+    """
+    pretrain_texts, train_texts, val_texts = load_texts(args)
+    config = LMConfig(max_seq_len=args.seq_len)
+    try:
+        tokenizer, base = prepare_base(
+            pretrain_texts,
+            args.cache,
+            checkpoint=args.base_checkpoint,
+            config=config,
+            steps=args.pretrain_steps,
+            seed=args.seed,
+            say=say if rank_zero_only.rank == 0 else None,
+        )
+    except ValueError as err:
+        flag = "--base-checkpoint" if args.base_checkpoint is not None else "--data-dir"
+        raise UsageError(flag, str(err)) from None
+    config = LMConfig(max_seq_len=args.seq_len, vocab_size=tokenizer.vocab_size)
+    data = LanguageData(
+        build_datasets(train_texts, tokenizer, args.seq_len),
+        build_datasets(val_texts, tokenizer, args.seq_len),
+        args,
+        tokenizer.pad_id,
+    )
+    check_schedule(data, args)
+    return base, data, config
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tunes once; returns the per-language validation results on rank 0 ({} elsewhere)."""
-    pl.seed_everything(args.seed, workers=True)
+    """Fine-tunes once; returns the results on rank 0 ({} on the other ranks).
+
+    Raises:
+        UsageError: for data or files that cannot serve, before any training.
+    """
+    pl.seed_everything(args.seed, workers=True, verbose=False)
     torch.set_num_threads(1 if args.accelerator == "cpu" else torch.get_num_threads())
-    tokenizer, base, train_texts, val_texts, config = prepare(args)
-    train = build_datasets(train_texts, tokenizer, args.seq_len)
-    val = build_datasets(val_texts, tokenizer, args.seq_len)
-    name = args.name or f"{args.aggregator}-{args.granularity}-s{args.seed}"
+    base, data, config = prepare(args)
+    val = data.val
+    name = run_name(args)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    run_dir = Path(inherited) if inherited else claim_run_dir(args.out, name)
     model = MultilingualLM(
         config, lr=args.lr, max_steps=args.steps, languages=sorted(val), base_checkpoint=base
     )
+    before = evaluate(model, val, args.batch_size) if rank_zero_only.rank == 0 else {}
     strategy = BucketMOOStrategy(
         aggregator=args.aggregator,
-        aggregator_options=_options(args.aggregator_option),
+        aggregator_options=dict(args.aggregator_option),
         transport=args.transport,
         granularity=args.granularity,
         seed=args.seed,
@@ -241,22 +282,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         val_check_interval=min(args.val_every, args.steps) * K,
         check_val_every_n_epoch=None,
         log_every_n_steps=args.monitor_every,
-        logger=make_loggers(args, name),
-        callbacks=[InterferenceMonitor(args.monitor_every)],
+        logger=make_loggers(args, run_dir, name),
+        callbacks=[InterferenceMonitor(args.monitor_every), StepProgressBar("fine-tuning")],
         enable_checkpointing=False,
         num_sanity_val_steps=0,
-        default_root_dir=args.out,
+        default_root_dir=run_dir,
+    )
+    say(
+        f"fine-tuning: {args.steps} steps of {args.devices} x {K} microbatches of "
+        f"{args.batch_size} sequences, {args.aggregator} per {args.granularity} "
+        f"({args.transport}), into {run_dir}"
     )
     start = time.perf_counter()
-    trainer.fit(model, LanguageData(train, val, args, tokenizer.pad_id))
+    # The ranks Lightning starts run this script again: they must write into the same folder.
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        trainer.fit(model, data)
+    finally:
+        if not inherited:
+            os.environ.pop(RUN_DIR_ENV, None)
     if not trainer.is_global_zero:
         return {}
     results = {
         "name": name,
+        "run_dir": str(run_dir),
+        "aggregator": args.aggregator,
+        "granularity": args.granularity,
+        "steps": args.steps,
         "seconds": time.perf_counter() - start,
+        "val_loss_before": before,
         "val_loss": {lang: float(trainer.callback_metrics[f"val/loss/{lang}"]) for lang in val},
         "val_ppl": {lang: float(trainer.callback_metrics[f"val/ppl/{lang}"]) for lang in val},
-        "csv_dir": str(Path(trainer.loggers[0].log_dir)),
         "wandb_dir": next(
             (
                 str(Path(lg.experiment.dir).parent)
@@ -272,37 +328,60 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def print_table(results: dict[str, Any]) -> None:
-    """The per-language validation table, as markdown."""
-    losses, ppl = results["val_loss"], results["val_ppl"]
-    print(f"\nValidation after fine-tuning ({results['name']}, {results['seconds']:.0f} s):\n")
-    print("| language | loss | perplexity |")
-    print("|---|---|---|")
-    for lang in sorted(losses):
-        print(f"| {lang} | {losses[lang]:.3f} | {ppl[lang]:.1f} |")
-    mean = sum(losses.values()) / len(losses)
-    worst = max(losses, key=losses.get)
-    print(f"| mean | {mean:.3f} | |\n| worst ({worst}) | {losses[worst]:.3f} | |")
+def print_table(results: Mapping[str, Any]) -> None:
+    """The per-language validation table, as markdown, with what its numbers mean."""
+    before, after = results["val_loss_before"], results["val_loss"]
+    method = (
+        "plain averaging (mean)"
+        if results["aggregator"] == "mean"
+        else f"{results['aggregator']} per {results['granularity']}"
+    )
+    print(
+        f"\nValidation loss per language: cross-entropy per token on held-out text, lower is "
+        f"better (perplexity = e^loss).\nbefore: the base model; after: {results['steps']} "
+        f"steps of fine-tuning with {method} ({results['seconds']:.0f} s).\n"
+    )
+    print("| language | before | after | change | perplexity after |")
+    print("|---|---|---|---|---|")
+    for lang in sorted(after):
+        change = after[lang] - before[lang]
+        print(
+            f"| {lang} | {before[lang]:.3f} | {after[lang]:.3f} | {change:+.3f} | "
+            f"{results['val_ppl'][lang]:.1f} |"
+        )
+    mean_b, mean_a = (sum(d.values()) / len(d) for d in (before, after))
+    worst = max(after, key=after.get)
+    print(f"| mean | {mean_b:.3f} | {mean_a:.3f} | {mean_a - mean_b:+.3f} | |")
+    print(f"| worst after ({worst}) | {before[worst]:.3f} | {after[worst]:.3f} | | |")
+    if results["aggregator"] != "mean":
+        print(
+            "\n'change' is what this fine-tuning did, not what MOO adds: this run has no "
+            "plain-averaging baseline. For that, run the same command with --aggregator mean "
+            "and compare (benchmarks/quality.py does so over seeds)."
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Runs the example and, on rank 0, prints the table and writes the report."""
+    """Runs the example and, on rank 0, prints the table and writes the results and report."""
     args = parse_args(argv)
-    results = run(args)
+    silence_known_noise()
+    try:
+        results = run(args)
+    except UsageError as err:
+        build_parser().error(str(err))
     if not results:
         return
     print_table(results)
-    out = Path(results["csv_dir"])
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"\nLogs (CSV): {out}")
+    run_dir = Path(results["run_dir"])
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"\nrun folder: {run_dir}\n  results.json; CSV logs in csv/")
     if results["wandb_dir"]:
-        print(f"W&B run: {results['wandb_dir']}  (upload later with `wandb sync` if offline)")
+        print(f"  W&B run: {results['wandb_dir']} (upload later with `wandb sync` if offline)")
     if not args.no_report:
         from lightning_bmoo.report.__main__ import main as report
 
-        html = out / "report.html"
-        report([str(out), "-o", str(html)])
-        print(f"Conflict report: {html}")
+        html = run_dir / "report.html"
+        report([str(run_dir / "csv"), "-l", results["name"], "-o", str(html)])
 
 
 if __name__ == "__main__":

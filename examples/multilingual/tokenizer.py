@@ -42,6 +42,8 @@ class Tokenizer:
     def __init__(self, model: bytes | str | Path) -> None:
         self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.path = None if isinstance(model, bytes) else Path(model)
+        #: Whether :func:`train_tokenizer` found this model in its cache.
+        self.from_cache = False
         self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
         if (self.sp.pad_id(), self.sp.eos_id()) != (PAD_ID, EOS_ID):
             raise ValueError(
@@ -98,7 +100,9 @@ def train_tokenizer(
     opts = {**DEFAULT_OPTIONS, **options}
     path = Path(cache_dir) / f"spm-{_digest(sentences, opts)}.model"
     if path.is_file():
-        return Tokenizer(path)
+        tokenizer = Tokenizer(path)
+        tokenizer.from_cache = True
+        return tokenizer
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
+from ..vocabulary import check_language_name
 from .schedule import (
     ProbabilitySpec,
     achievable_shares,
@@ -361,13 +362,14 @@ class LanguageBatchSampler(Sampler[list[int]]):
                 f"fewer than batch_size={self.batch_size} examples ({small}). Use "
                 "drop_last=False or a smaller batch_size."
             )
-        warnings.warn(
-            f"Language(s) {small} have fewer than batch_size={self.batch_size} examples and are "
-            "dropped because drop_last=True. Use drop_last=False to sample them in smaller "
-            "batches.",
-            UserWarning,
-            stacklevel=3,
-        )
+        if self.rank == 0:  # every rank drops the same languages: say it once
+            warnings.warn(
+                f"Language(s) {small} have fewer than batch_size={self.batch_size} examples and "
+                "are dropped because drop_last=True. Use drop_last=False to sample them in "
+                "smaller batches.",
+                UserWarning,
+                stacklevel=3,
+            )
         return {lang: (0.0 if lang in small else p) for lang, p in probs.items()}
 
     def _warn_if_clipped(self) -> None:
@@ -376,7 +378,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
             for lang, share in self.probabilities.items()
             if abs(share - self.requested_probabilities[lang]) > 1e-9
         }
-        if not moved:
+        if not moved or self.rank != 0:  # every rank computes the same shares: say it once
             return
         detail = ", ".join(f"{lang}: {p:.4g} -> {s:.4g}" for lang, (p, s) in sorted(moved.items()))
         warnings.warn(
@@ -474,9 +476,8 @@ def _group_indices(languages: Sequence[str] | Mapping[str, Sequence[int]]) -> di
             groups.setdefault(lang, []).append(i)
     if not groups:
         raise ValueError("The dataset is empty: languages lists no examples.")
-    bad = [lang for lang in groups if not isinstance(lang, str)]
-    if bad:
-        raise ValueError(f"Language names must be strings, got {bad[:5]!r}.")
+    for lang in groups:
+        check_language_name(lang)
     if len(groups) > 65535:
         raise ValueError(f"{len(groups)} languages: at most 65535 are supported.")
     seen: set[int] = set()

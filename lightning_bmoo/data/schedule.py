@@ -10,6 +10,7 @@ import hashlib
 import heapq
 import math
 import random
+import sys
 from array import array
 from collections.abc import Mapping
 
@@ -75,10 +76,7 @@ def resolve_probabilities(spec: ProbabilitySpec, sizes: Mapping[str, int]) -> di
                 f"The temperature must be > 0, got {spec!r}: tau=1 is proportional, larger "
                 "tau flattens towards uniform (tau=float('inf'))."
             )
-        # Uniform is the tau -> inf limit; n ** 0 would also count empty languages as 1.
-        weights = {lang: (float(n) ** (1.0 / tau) if n > 0 else 0.0) for lang, n in sizes.items()}
-        if math.isinf(tau):
-            weights = {lang: 1.0 for lang in sizes}
+        weights = temperature_weights(sizes, tau)
     else:
         raise ValueError(
             f"probabilities must be 'uniform', 'proportional', a temperature or a dict, got "
@@ -90,6 +88,34 @@ def resolve_probabilities(spec: ProbabilitySpec, sizes: Mapping[str, int]) -> di
             "The probabilities sum to zero: give at least one language a positive weight."
         )
     return {lang: w / total for lang, w in weights.items()}
+
+
+def temperature_weights(sizes: Mapping[str, int], tau: float) -> dict[str, float]:
+    """Weights ``n_l ** (1 / tau)`` scaled so that the largest is 1, computed in log space.
+
+    ``n ** (1 / tau)`` overflows a float for small ``tau`` (``1000 ** 1000``); the ratios
+    ``exp((log n_l - log n_max) / tau)`` do not, and give the same probabilities once
+    normalised. As ``tau -> 0`` they approach "everything on the largest language(s)"; a
+    language with examples keeps at least the smallest positive float, so it stays in the
+    schedule (where coverage may still give it slots) instead of vanishing at some ``tau``:
+    the smallest normal float, which normalising over up to 65535 languages keeps above 0.
+    Uniform is the ``tau = inf`` limit; languages without examples always weigh 0.
+
+    Args:
+        sizes: number of examples of each language.
+        tau: the temperature, ``> 0`` (``inf`` allowed).
+    """
+    present = {lang: n for lang, n in sizes.items() if n > 0}
+    if math.isinf(tau):
+        return {lang: float(lang in present) for lang in sizes}
+    if not present:
+        return {lang: 0.0 for lang in sizes}
+    log_max = math.log(max(present.values()))
+    tiny = sys.float_info.min
+    return {
+        lang: max(math.exp((math.log(n) - log_max) / tau), tiny) if n > 0 else 0.0
+        for lang, n in sizes.items()
+    }
 
 
 def share_bounds(num_languages: int, num_slots: int, coverage: bool) -> tuple[float, float]:

