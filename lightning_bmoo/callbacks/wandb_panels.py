@@ -76,7 +76,14 @@ def heatmap(
     scale = scale if scale > 0 else 1.0
     rows, cols = values.shape
     # Figure() rather than pyplot: no global state, no GUI backend, nothing to close.
-    fig = Figure(figsize=(1.2 + 0.55 * cols, 1.0 + 0.45 * rows), dpi=100, layout="constrained")
+    # Sized for the text as well as the cells: with long group keys or a long title on a
+    # small matrix, constrained layout otherwise has no room left and warns at every draw.
+    row_text = max((len(str(label)) for label in labels), default=0)
+    column_text = max((len(str(label)) for label in columns), default=0)
+    rotated = cols > 6
+    width = max(1.2 + 0.55 * cols + 0.075 * row_text, 0.085 * len(title) + 0.5)
+    height = 1.4 + 0.45 * rows + (0.05 * column_text if rotated else 0.0)
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(
         values,
@@ -85,7 +92,7 @@ def heatmap(
         vmax=scale if symmetric else None,
         aspect="auto",
     )
-    ax.set_xticks(range(cols), columns, rotation=45 if cols > 6 else 0, ha="right")
+    ax.set_xticks(range(cols), columns, rotation=45 if rotated else 0, ha="right")
     ax.set_yticks(range(rows), list(labels))
     ax.set_title(title)
     if rows * cols <= 400:

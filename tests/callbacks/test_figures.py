@@ -188,3 +188,21 @@ def test_first_order_affinity_matches_the_lookahead_for_a_small_step():
             exact = 1 - loss(j, theta - lr * grads[i]) / losses[j]
             assert approx[i, j] == pytest.approx(float(exact), rel=1e-2, abs=1e-9)
     assert torch.isnan(tag_affinity(grads @ grads.T, torch.tensor([1.0, 0.0, 1.0]), lr)[0, 1])
+
+
+@pytest.mark.parametrize(
+    ("rows", "cols", "label", "title"),
+    [(5, 15, "x" * 120, "cosine per group"), (1, 1, "a" * 30, "t" * 60), (40, 15, "y" * 70, "z")],
+)
+def test_heatmaps_leave_room_for_their_text(rows, cols, label, title):
+    import io
+    import warnings
+
+    from lightning_bmoo.callbacks import wandb_panels
+
+    labels = [f"{label}{r}" for r in range(rows)]
+    columns = [f"{label[:20]}|{c}" for c in range(cols)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib: "constrained_layout not applied"
+        fig = wandb_panels.heatmap(torch.randn(rows, cols), labels, title, columns=columns)
+        fig.savefig(io.BytesIO(), format="png")
