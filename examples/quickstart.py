@@ -34,8 +34,7 @@ from lightning_bmoo import (
     collate_with_language,
 )
 from lightning_bmoo.callbacks import StepProgressBar
-from lightning_bmoo.report.html import build_report
-from lightning_bmoo.report.sources import load_runs
+from lightning_bmoo.report import build_report, load_runs
 
 LANGUAGES = ("de", "en", "ru")
 DIM = 16

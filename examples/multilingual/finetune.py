@@ -378,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if results["wandb_dir"]:
         print(f"  W&B run: {results['wandb_dir']} (upload later with `wandb sync` if offline)")
     if not args.no_report:
-        from lightning_bmoo.report.__main__ import main as report
+        from lightning_bmoo.report.cli import main as report
 
         html = run_dir / "report.html"
         report([str(run_dir / "csv"), "-l", results["name"], "-o", str(html)])
