@@ -124,7 +124,7 @@ def build_train_loader(
     Use with ``Trainer(accumulate_grad_batches=slots_per_rank, use_distributed_sampler=False)``.
     ``rank``/``world_size`` default to ``torch.distributed``'s, so build it after the process
     group exists (in a ``train_dataloader()`` hook) or pass them. ``loader.batch_sampler`` is the
-    :class:`~lightning_bmoo.data.LanguageBatchSampler` (its ``step_layout`` tells which
+    :class:`~lightning_bmoo.data.LanguageBatchSampler` (its ``step_slots`` tells which
     language each slot holds).
     """
     sampler, dataset = LanguageBatchSampler.from_datasets(

@@ -16,7 +16,7 @@ from ..vocabulary import check_language_name
 from .schedule import (
     ProbabilitySpec,
     achievable_shares,
-    build_layout,
+    build_schedule,
     resolve_probabilities,
     stable_seed,
 )
@@ -135,7 +135,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
             steps_per_epoch if steps_per_epoch is not None else self._default_steps()
         )
         self._shares = [self.probabilities[lang] for lang in self.languages]
-        self._layout_cache: tuple[int, array] | None = None
+        self._schedule_cache: tuple[int, array] | None = None
         self._position = 0  # batches yielded in the current epoch
         self._resume_from = 0  # start position of the next __iter__, set by load_state_dict
 
@@ -233,7 +233,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
             self._position = 0
             self._resume_from = 0
 
-    def step_layout(self, step: int, epoch: int | None = None) -> list[str]:
+    def step_slots(self, step: int, epoch: int | None = None) -> list[str]:
         """Languages of the ``W * K`` slots of optimizer step ``step`` (counted within the epoch).
 
         Entry ``s`` is rank ``s // K``'s microbatch ``s % K``. Identical on every rank, so a DDP
@@ -245,9 +245,18 @@ class LanguageBatchSampler(Sampler[list[int]]):
         """
         if not 0 <= step < self.steps_per_epoch:
             raise IndexError(f"step {step} outside [0, {self.steps_per_epoch}) of the epoch.")
-        layout = self._layout(self.epoch if epoch is None else epoch)
+        schedule = self._schedule(self.epoch if epoch is None else epoch)
         start = step * self.num_slots
-        return [self.languages[i] for i in layout[start : start + self.num_slots]]
+        return [self.languages[i] for i in schedule[start : start + self.num_slots]]
+
+    def step_layout(self, step: int, epoch: int | None = None) -> list[str]:
+        """Deprecated name of :meth:`step_slots`."""
+        warnings.warn(
+            "LanguageBatchSampler.step_layout is deprecated: use step_slots.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.step_slots(step, epoch)
 
     def __iter__(self) -> Iterator[list[int]]:
         # Set eagerly so that state_dict() right after iter() reports the start of this pass.
@@ -259,7 +268,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         # multi-worker DataLoader calls iter() on its batch sampler twice before fetching.
         epoch, start = self.epoch, self._resume_from
         self._resume_from = 0
-        layout = self._layout(epoch)
+        schedule = self._schedule(epoch)
         K, M = self.slots_per_rank, self.num_slots
         first_own = self.rank * K
         used = [0] * len(self.languages)  # batches of each language taken by earlier slots
@@ -267,7 +276,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         for t in range(self.steps_per_epoch):
             base = t * M
             for s in range(M):
-                lang = layout[base + s]
+                lang = schedule[base + s]
                 j = used[lang]
                 used[lang] = j + 1
                 own = s - first_own
@@ -314,7 +323,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
         self._position = self._resume_from = position
-        self._layout_cache = None
+        self._schedule_cache = None
 
     # internals ----------------------------------------------------------------------------------
 
@@ -390,10 +399,10 @@ class LanguageBatchSampler(Sampler[list[int]]):
             stacklevel=3,
         )
 
-    def _layout(self, epoch: int) -> array:
-        # One epoch is cached: every rank's iterator and step_layout() read the same plan.
-        if self._layout_cache is None or self._layout_cache[0] != epoch:
-            layout = build_layout(
+    def _schedule(self, epoch: int) -> array:
+        # One epoch is cached: every rank's iterator and step_slots() read the same plan.
+        if self._schedule_cache is None or self._schedule_cache[0] != epoch:
+            schedule = build_schedule(
                 self._shares,
                 self.num_slots,
                 self.steps_per_epoch,
@@ -401,8 +410,8 @@ class LanguageBatchSampler(Sampler[list[int]]):
                 epoch=epoch,
                 coverage=self.coverage,
             )
-            self._layout_cache = (epoch, layout)
-        return self._layout_cache[1]
+            self._schedule_cache = (epoch, schedule)
+        return self._schedule_cache[1]
 
     def _batch(
         self, lang: int, j: int, epoch: int, perms: dict[int, tuple[int, torch.Tensor]]

@@ -1,4 +1,4 @@
-"""Which language fills which slot: probabilities, achievable shares and the step layout.
+"""Which language fills which slot: probabilities, achievable shares and the epoch schedule.
 
 Pure functions of their arguments (no torch.distributed, no datasets), so every rank computes
 the identical schedule from the same seed and epoch without communicating.
@@ -160,7 +160,7 @@ def achievable_shares(
         fixed.update({lang: (lo if s < lo else hi) for lang, s in violators.items()})
 
 
-def build_layout(
+def build_schedule(
     shares: list[float], num_slots: int, num_steps: int, *, seed: int, epoch: int, coverage: bool
 ) -> array:
     """Assigns a language to every slot of every step of one epoch.
@@ -186,6 +186,7 @@ def build_layout(
         ``array('H')`` of length ``num_steps * num_slots``; entry ``t * num_slots + s`` is the
         language id of slot ``s`` of step ``t``.
     """
+    # "layout" is the stream's old name, kept so that schedules (and resumes) stay the same.
     rng = random.Random(stable_seed(seed, epoch, "layout"))
     num_languages = len(shares)
     credit = [rng.random() for _ in range(num_languages)]
@@ -196,7 +197,7 @@ def build_layout(
         priority[lang] = rank
     earn = [num_slots * s for s in shares]
     distinct = min(num_slots, num_languages) if coverage else 0
-    layout = array("H")
+    schedule = array("H")
     for _ in range(num_steps):
         for lang in range(num_languages):
             credit[lang] += earn[lang]
@@ -216,5 +217,5 @@ def build_layout(
                 picks.append(lang)
                 heapq.heappush(heap, (-credit[lang], prio, lang))
         rng.shuffle(picks)
-        layout.extend(picks)
-    return layout
+        schedule.extend(picks)
+    return schedule

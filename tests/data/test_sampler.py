@@ -45,7 +45,7 @@ def all_ranks(world_size: int, **kwargs) -> list[LanguageBatchSampler]:
 
 
 def layouts(sampler: LanguageBatchSampler) -> list[list[str]]:
-    return [sampler.step_layout(t) for t in range(sampler.steps_per_epoch)]
+    return [sampler.step_slots(t) for t in range(sampler.steps_per_epoch)]
 
 
 def slot_counts(sampler: LanguageBatchSampler) -> Counter:
@@ -464,7 +464,7 @@ def test_lightning_trainer_sees_single_language_batches():
     assert len(model.seen) == 2 * len(sampler)
     for epoch, batch_idx, seen in model.seen:
         # Lightning reaches set_epoch through the `sampler` alias, so epoch 1 has its own plan.
-        expected = sampler.step_layout(batch_idx // K, epoch=epoch)[batch_idx % K]
+        expected = sampler.step_slots(batch_idx // K, epoch=epoch)[batch_idx % K]
         assert seen == {expected}
     assert sampler.epoch == 1
 
@@ -530,3 +530,9 @@ def test_lightning_mid_epoch_resume_continues_the_schedule(tmp_path):
     full = fit()
     rest = fit(ckpt_path=tmp_path / "step=4.ckpt")  # mid-way through epoch 1
     assert len(rest) == 4 and rest == full[-4:]
+
+
+def test_step_layout_is_a_deprecated_name_of_step_slots():
+    sampler = LanguageBatchSampler(["en", "de"] * 8, 2, slots_per_rank=2)
+    with pytest.warns(DeprecationWarning, match="step_slots"):
+        assert sampler.step_layout(0) == sampler.step_slots(0)

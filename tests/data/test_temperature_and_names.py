@@ -59,7 +59,7 @@ def test_sampler_at_a_tiny_temperature_schedules_the_largest_language_only():
     sampler = LanguageBatchSampler(
         _languages(SIZES), 4, probabilities=1e-3, coverage=False, steps_per_epoch=20
     )
-    assert {lang for t in range(20) for lang in sampler.step_layout(t)} == {"en"}
+    assert {lang for t in range(20) for lang in sampler.step_slots(t)} == {"en"}
 
 
 def test_sampler_at_a_tiny_temperature_still_covers_every_language_with_coverage():
@@ -68,7 +68,7 @@ def test_sampler_at_a_tiny_temperature_still_covers_every_language_with_coverage
         sampler = LanguageBatchSampler(
             _languages(SIZES), 4, probabilities=1e-3, slots_per_rank=3, steps_per_epoch=10
         )
-    assert all(sorted(sampler.step_layout(t)) == ["de", "en", "sw"] for t in range(10))
+    assert all(sorted(sampler.step_slots(t)) == ["de", "en", "sw"] for t in range(10))
 
 
 @pytest.mark.parametrize("name", ["", " en", "en\n", "a|b", "zh/Hans", "x" * 65, 3])

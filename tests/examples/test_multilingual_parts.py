@@ -236,7 +236,7 @@ def test_train_dataloader_follows_the_shared_schedule(tok: Tokenizer) -> None:
     batches = [list(loader) for loader in loaders]
     assert len(batches[0]) == len(batches[1]) == len(sampler) > 0
     for step in range(len(sampler) // K):
-        layout = sampler.step_layout(step)
+        layout = sampler.step_slots(step)
         got = [batches[s // K][step * K + s % K]["language"] for s in range(W * K)]
         assert got == layout and set(layout) == set(WORDS)  # 4 slots cover the 3 languages
     batch = batches[0][0]

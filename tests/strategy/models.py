@@ -190,7 +190,7 @@ class Recorder(pl.Callback):
         sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
         if isinstance(sampler, LanguageBatchSampler):
             step = trainer.global_step - trainer.current_epoch * sampler.steps_per_epoch
-            self.expected.append(sampler.step_layout(step))
+            self.expected.append(sampler.step_slots(step))
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
         if self.snapshots:

@@ -32,7 +32,7 @@ def test_fp16_grad_scaler_skips_a_step_with_an_infinite_language(tmp_path):
     sampler, _ = LanguageBatchSampler.from_datasets(
         language_datasets(), 4, probabilities="uniform", rank=0, world_size=2
     )
-    language = sampler.step_layout(2)[1]  # rank 1's batch at step 2
+    language = sampler.step_slots(2)[1]  # rank 1's batch at step 2
     ranks = fit(
         tmp_path,
         BucketMOOStrategy("mgda", start_method="fork"),
@@ -44,7 +44,7 @@ def test_fp16_grad_scaler_skips_a_step_with_an_infinite_language(tmp_path):
     )
     record = ranks[0]
     assert record["nonfinite"] == "propagate"  # chosen because the plugin has a GradScaler
-    assert record["layouts"][2] == sampler.step_layout(2)
+    assert record["layouts"][2] == sampler.step_slots(2)
     scales, snapshots = record["scales"], record["snapshots"]
     assert scales[2] == scales[1] / 2  # the scaler saw inf and backed off...
     assert_params_equal(snapshots[2], snapshots[1])  # ...and skipped the step
