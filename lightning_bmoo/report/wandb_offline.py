@@ -117,6 +117,7 @@ def read_run(run_dir: str | Path, *, partial: bool = False) -> OfflineRun:
     logs = sorted(run_dir.glob("run-*.wandb"))
     if not logs:
         raise FileNotFoundError(f"No run-*.wandb file in {run_dir}: is it an offline run folder?")
+    _settle(logs[0])
     run = OfflineRun(path=run_dir)
     try:
         for offset, record in _records(logs[0]):
@@ -165,6 +166,20 @@ def _add(run: OfflineRun, record: pb.Record) -> None:
             "goal": metric.goal,
             "hidden": bool(metric.options.hidden),
         }
+
+
+def _settle(log: Path, quiet: float = 1.5, timeout: float = 30.0) -> None:
+    """Waits until ``log`` has not changed for ``quiet`` seconds (at most ``timeout``).
+
+    W&B's writer goes on flushing for a moment after ``wandb.finish()`` returns, so a report
+    made right after a run would read a log cut inside a record. An older log returns at once.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        age = time.time() - log.stat().st_mtime
+        if age >= quiet:
+            return
+        time.sleep(quiet - age)
 
 
 def wait_for_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:
