@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 _FILE_HEADER = struct.Struct("<4sHB")  # b":W&B", magic 0xBEE1, version
 _CHUNK_HEADER = struct.Struct("<IHB")  # checksum, length, type
 _BLOCK = 32 * 1024
+# A log modified this recently may still be being written (see read_run).
+_FRESH_AGE = 5.0
+_FRESH_WAIT = 30.0
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # W&B's writers (wandb-core, and the Python datastore before it) checksum a chunk with zlib's
 # CRC-32 of its type byte followed by its payload, unmasked: not LevelDB's masked CRC32C,
@@ -117,16 +120,34 @@ def read_run(run_dir: str | Path, *, partial: bool = False) -> OfflineRun:
     logs = sorted(run_dir.glob("run-*.wandb"))
     if not logs:
         raise FileNotFoundError(f"No run-*.wandb file in {run_dir}: is it an offline run folder?")
-    _settle(logs[0])
+    # W&B's writer goes on flushing for a moment after wandb.finish() returns: a log written
+    # in the last seconds that is cut inside a record or lacks its exit record is read again
+    # until it is whole (at most _FRESH_WAIT seconds); an older log is taken as it is.
+    deadline = time.monotonic() + _FRESH_WAIT
+    while True:
+        fresh = time.time() - logs[0].stat().st_mtime < _FRESH_AGE
+        try:
+            run = _read_log(run_dir, logs[0], partial=partial and not fresh)
+        except LogError:
+            if not fresh or time.monotonic() > deadline:
+                if partial:
+                    return _read_log(run_dir, logs[0], partial=True)
+                raise
+            time.sleep(0.2)
+            continue
+        if run.finished or not fresh or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_log(run_dir: Path, log: Path, *, partial: bool) -> OfflineRun:
     run = OfflineRun(path=run_dir)
     try:
-        for offset, record in _records(logs[0]):
+        for offset, record in _records(log):
             try:
                 _add(run, record)
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise LogError(
-                    logs[0], f"corrupt at byte {offset} (value: {error})", offset
-                ) from None
+                raise LogError(log, f"corrupt at byte {offset} (value: {error})", offset) from None
     except LogError as error:
         if not partial or error.offset is None:  # no offset: not a W&B log at all
             raise
@@ -166,20 +187,6 @@ def _add(run: OfflineRun, record: pb.Record) -> None:
             "goal": metric.goal,
             "hidden": bool(metric.options.hidden),
         }
-
-
-def _settle(log: Path, quiet: float = 1.5, timeout: float = 30.0) -> None:
-    """Waits until ``log`` has not changed for ``quiet`` seconds (at most ``timeout``).
-
-    W&B's writer goes on flushing for a moment after ``wandb.finish()`` returns, so a report
-    made right after a run would read a log cut inside a record. An older log returns at once.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        age = time.time() - log.stat().st_mtime
-        if age >= quiet:
-            return
-        time.sleep(quiet - age)
 
 
 def wait_for_run(run_dir: str | Path, timeout: float = 30.0) -> OfflineRun:

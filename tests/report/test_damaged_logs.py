@@ -5,10 +5,12 @@ The damaged W&B logs are byte-level edits of a real offline log that the session
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +53,10 @@ def damage(
         data = bytearray(log.read_bytes())
         edit(data)
         log.write_bytes(bytes(data))
+        # Damaged long ago: a log written in the last seconds is read again while W&B may
+        # still be flushing it (see read_run), which would only slow these tests down.
+        an_hour_ago = time.time() - 3600
+        os.utime(log, (an_hour_ago, an_hour_ago))
         return log
 
     return apply
@@ -198,3 +204,27 @@ def test_csv_field_over_the_csv_limit(tmp_path, capsys) -> None:
         f"bmoo-report: error: {run_dir / 'metrics.csv'}: line 2: a field is longer than "
         "128 KiB, Python's csv limit; not a CSVLogger log?"
     )
+
+
+def test_a_log_still_being_flushed_is_read_once_it_is_whole(
+    logged_twice: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """wandb.finish() returns before W&B's writer is done: a report made at once must wait
+    for the rest of the log rather than call it corrupt."""
+    import threading
+
+    from lightning_bmoo.report import read_run
+
+    run_dir = tmp_path / "live" / logged_twice[0].name
+    shutil.copytree(logged_twice[0], run_dir)
+    (log,) = run_dir.glob("run-*.wandb")
+    whole = log.read_bytes()
+    log.write_bytes(whole[: len(whole) // 2])  # what the reader sees while the writer works
+    writer = threading.Timer(1.0, log.write_bytes, args=(whole,))
+    writer.start()
+    try:
+        run = read_run(run_dir)
+    finally:
+        writer.join()
+    assert run.finished and run.problem is None
+    assert len(run.history) == len(read_run(logged_twice[0]).history)
