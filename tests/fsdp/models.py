@@ -38,12 +38,23 @@ def plain_fsdp(model: nn.Module) -> None:
             module.set_reduce_scatter_unused_params(True, recurse=False)
 
 
-def full_grads(model: nn.Module) -> dict[str, torch.Tensor | None]:
-    """Every parameter's whole gradient (gathered from the shards), by name."""
+def local_grads(model: nn.Module) -> dict[str, torch.Tensor | None]:
+    """This rank's shard (dim-0 chunk) of every parameter's gradient, by name."""
     return {
-        name: None if p.grad is None else p.grad.full_tensor().detach().clone()
+        name: None if p.grad is None else p.grad.to_local().detach().clone()
         for name, p in model.named_parameters()
     }
+
+
+def assembled(per_rank: list[list[dict[str, torch.Tensor | None]]]) -> list[dict[str, Any]]:
+    """Whole gradients per step from every rank's :func:`local_grads` (``per_rank[r][step]``)."""
+    return [
+        {
+            name: None if shards[0][name] is None else torch.cat([s[name] for s in shards])
+            for name in shards[0]
+        }
+        for shards in zip(*per_rank)
+    ]
 
 
 def run_steps(
@@ -60,8 +71,8 @@ def run_steps(
 ) -> dict[str, Any]:
     """Runs one step per layout (slot ``s`` of a layout: microbatch ``s % K`` of rank ``s // K``).
 
-    ``aggregator=None`` is FSDP2's default reduction. Without an optimizer the gradients of
-    every step are recorded (and zeroed); with one, it steps.
+    ``aggregator=None`` is FSDP2's default reduction. Without an optimizer this rank's shards
+    of every step's gradients are recorded (and zeroed); with one, it steps.
     """
     if aggregator is not None and state is None:
         state = register_fsdp_bucket_moo_hook(model, aggregator, slots_per_rank=K, **options)
@@ -79,7 +90,7 @@ def run_steps(
                 with state.slot(language):
                     value.backward()
         if optimizer is None:
-            grads.append(full_grads(model))
+            grads.append(local_grads(model))
             model.zero_grad(set_to_none=True)
         else:
             optimizer.step()

@@ -12,7 +12,7 @@ import torch
 from ..comm.heads import expected_grads
 from ..comm.heads import loss as heads_loss
 from ..distributed import run_distributed
-from .models import run_steps, sharded_heads, sharded_mlp
+from .models import assembled, run_steps, sharded_heads, sharded_mlp
 
 GRANULARITIES = ("bucket", "parameter", "global")
 
@@ -71,11 +71,12 @@ def ranks(request):
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_mean_with_balanced_slots_equals_fsdp2_default(ranks, K, granularity):
     _, results = ranks
-    for rank in results:
-        for ours, default in zip(rank["mean", K, granularity], rank["default", K]):
-            assert ours.keys() == default.keys()
-            for name in default:
-                torch.testing.assert_close(ours[name], default[name], rtol=1e-5, atol=1e-7)
+    ours = assembled([rank["mean", K, granularity] for rank in results])
+    default = assembled([rank["default", K] for rank in results])
+    for got, want in zip(ours, default):
+        assert got.keys() == want.keys()
+        for name in want:
+            torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("K", [1, 2])
@@ -83,8 +84,9 @@ def test_mean_with_balanced_slots_equals_fsdp2_default(ranks, K, granularity):
 @pytest.mark.parametrize("aggregator", AGGREGATORS)
 def test_update_equals_the_per_language_reference(ranks, aggregator, K, granularity):
     world_size, results = ranks
+    grads = assembled([rank[aggregator, K, granularity][0] for rank in results])
     for rank in results:
-        grads, groups = rank[aggregator, K, granularity]
+        groups = rank[aggregator, K, granularity][1]
         for step, (layout, got, solves) in enumerate(zip(UNBALANCED[world_size, K], grads, groups)):
             if granularity == "parameter":
                 assert all(len(names) == 1 for _, names in solves)
