@@ -13,6 +13,7 @@ the backward pass ends, solves once, and adds each unit's update into the sharde
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -27,6 +28,9 @@ from .linalg import combine_rows, row_gramian, task_gramian
 from .options import HookOptions
 from .stats import StepStats
 from .transports import CommCounter, PeerError, ShardedTransport
+
+# Fingerprints below 2**18: their squares summed over up to 2**16 ranks stay exact in float64.
+_FINGERPRINT = 1 << 18
 
 
 class _Group(NamedTuple):
@@ -84,6 +88,7 @@ class _Step:
     counter: CommCounter = field(default_factory=CommCounter)
     seconds: float = 0.0
     calls: int = 0  # units reduced in the current backward pass
+    order: int = 0  # CRC-32 of the keys of the units reduced so far in the step, in order
 
 
 class FSDPBucketMOOState(HookState):
@@ -141,9 +146,11 @@ class FSDPBucketMOOState(HookState):
     ) -> None:
         start = time.perf_counter()
         step = self._step
+        unit.check_reduction(group, op)
         if step.calls == 0:
-            self._begin_backward(unit, group, op)
+            self._begin_backward()
         step.calls += 1
+        step.order = zlib.crc32(unit.key.encode(), step.order)
         segments = unit.segments(output.numel())
         exchange = self.transport.exchange([input], step.counter)
         rows = exchange.rows()
@@ -173,14 +180,7 @@ class FSDPBucketMOOState(HookState):
                 step.counter.release(task_rows.nbytes)
         step.seconds += time.perf_counter() - start
 
-    def _begin_backward(self, unit: Unit, group: dist.ProcessGroup, op: object) -> None:
-        if op != dist.ReduceOp.SUM or group is not self.process_group:
-            raise RuntimeError(
-                f"FSDP unit {unit.key!r} now reduces with op {op} over another group than at "
-                "installation: its gradient divide factor, sum reduction or reduce-scatter group "
-                "was changed after install_fsdp_bucket_moo_hook. The comm owns the scaling "
-                "(divide factor 1, sum reduction): leave those settings alone."
-            )
+    def _begin_backward(self) -> None:
         step = self._step
         step.slots.append(self._exchange_slot(len(step.slots)))
         if self.world_size > 1:
@@ -260,9 +260,30 @@ class FSDPBucketMOOState(HookState):
         return out
 
     def _reduce(self, partial: Tensor) -> Tensor:
-        """Sums partial Gramians over ranks; in raw microbatch units, on the CPU, symmetric."""
-        summed = self.transport.reduce(partial.flatten(), self._step.counter).cpu()
-        grams = summed.view(partial.shape) * float(self.slots_per_rank) ** 2
+        """Sums partial Gramians over ranks; in raw microbatch units, on the CPU, symmetric.
+
+        Two more numbers ride along, ``f`` and ``f**2`` for a fingerprint ``f`` of the units
+        this rank reduced so far in the step: they sum to ``W f`` and ``W f**2`` on every rank
+        only if every rank's ``f`` is the same (Cauchy-Schwarz), so ranks that paired
+        different units' gradients all fail here, before any update is written.
+
+        Raises:
+            RuntimeError: if the ranks reduced different units.
+        """
+        step = self._step
+        f = float(step.order % _FINGERPRINT)
+        check = torch.tensor([f, f * f], dtype=torch.float64, device=partial.device)
+        summed = self.transport.reduce(torch.cat([partial.flatten(), check]), step.counter).cpu()
+        W = self.world_size
+        if float(summed[-2]) != W * f or float(summed[-1]) != W * f * f:
+            raise RuntimeError(
+                f"Rank {self.rank}: the ranks reduced different FSDP units in step {self.step}. "
+                "A fully_shard unit that only some ranks run (a per-language head or adapter "
+                "sharded on its own) pairs the gradients of different units, silently under "
+                "FSDP2's own reduce-scatter. Keep per-language parameters inside a unit every "
+                "rank runs (do not fully_shard them separately)."
+            )
+        grams = summed[:-2].view(partial.shape) * float(self.slots_per_rank) ** 2
         # Partial products summed over ranks and chunks are symmetric only to rounding.
         return (grams + grams.transpose(-1, -2)) / 2
 

@@ -51,6 +51,12 @@ class Unit:
         self.module = module
         group: FSDPParamGroup = module._get_fsdp_state()._fsdp_param_groups[0]
         self._group = group
+        info = group.mesh_info
+        assert isinstance(info, FSDPMeshInfo)
+        #: The group FSDP reduce-scatters this unit's gradients over.
+        self.process_group: dist.ProcessGroup = (
+            info.reduce_scatter_process_group or info.shard_process_group
+        )
         self._names = {
             id(fp): param_names.get(id(fp.sharded_param), f"{key}.param{i}")
             for i, fp in enumerate(group.fsdp_params)
@@ -61,12 +67,29 @@ class Unit:
         """Names of the unit's parameters, in FSDP's order."""
         return [self._names[id(fp)] for fp in self._group.fsdp_params]
 
-    @property
-    def process_group(self) -> dist.ProcessGroup:
-        """The group FSDP reduce-scatters this unit's gradients over."""
-        info = self._group.mesh_info
-        assert isinstance(info, FSDPMeshInfo)
-        return info.reduce_scatter_process_group or info.shard_process_group
+    def check_reduction(self, group: dist.ProcessGroup, op: object) -> None:
+        """Checks that FSDP still reduces as the comm configured it at installation.
+
+        Raises:
+            RuntimeError: if the divide factor, sum reduction, unused-parameter zeros or
+                reduce-scatter group changed since.
+        """
+        g = self._group
+        if (
+            op != dist.ReduceOp.SUM
+            or g.gradient_divide_factor != 1.0
+            or not g.force_sum_reduction_for_comms
+            or not g.reduce_scatter_unused_params
+            or group is not self.process_group
+        ):
+            raise RuntimeError(
+                f"FSDP unit {self.key!r} was reconfigured after the bucket-MOO comm was installed "
+                f"(reduce op {op}, divide factor {g.gradient_divide_factor}, sum reduction "
+                f"{g.force_sum_reduction_for_comms}, unused-parameter zeros "
+                f"{g.reduce_scatter_unused_params}, or another reduce-scatter group). The comm "
+                "owns the scaling (divide factor 1, sum reduction) and needs every rank to send "
+                "the same layout: leave these settings as install_fsdp_bucket_moo_hook set them."
+            )
 
     def fsdp_params(self) -> list[FSDPParam]:
         """FSDP's parameter records, in the order of the reduce-scatter input."""
