@@ -346,7 +346,7 @@ class HookState:
             f"than the process group's timeout ({timeout}), died, or stopped calling backward "
             "in step with this one; its own log tells which. The process group can no longer "
             "be trusted: restart from the last checkpoint (the timeout is "
-            "init_process_group(timeout=...) or BucketMOOStrategy(timeout=...))."
+            "init_process_group(timeout=...), or the strategy's timeout=... in Lightning)."
         )
 
     def _optimizer_stepped(self, optimizer: Any) -> None:
