@@ -27,7 +27,7 @@ from .layout import SLOT_MESSAGE_BYTES, Layout
 from .linalg import combine_rows, row_gramian, task_gramian
 from .options import HookOptions
 from .stats import StepStats
-from .transports import CommCounter, PeerError, ShardedTransport
+from .transports import CommCounter, PeerError, ShardedTransport, group_timeout
 
 # Fingerprints below 2**18: their squares summed over up to 2**16 ranks stay exact in float64.
 _FINGERPRINT = 1 << 18
@@ -117,6 +117,14 @@ class FSDPBucketMOOState(HookState):
             layout_extra={"fsdp_units": [unit.key for unit in units]},
         )
         self.units = units
+        if torch.device("cpu") not in self.process_group._device_types:
+            # An NCCL-only group (backend="nccl", Lightning's default on GPUs) carries no CPU
+            # tensors: slot messages and T x T Gramians travel on a gloo group of the same
+            # ranks and timeout (the Gramians go to the CPU for the solve anyway).
+            ranks = dist.get_process_group_ranks(self.process_group)
+            timeout = group_timeout(self.process_group)
+            control = dist.new_group(ranks, timeout=timeout, backend="gloo")
+            self.channels = self.channels._replace(control=control)
         self.transport = ShardedTransport(self.channels, self.rank, self.world_size)
         self._step = _Step()
 
@@ -232,8 +240,8 @@ class FSDPBucketMOOState(HookState):
             for language, row in stash.sums.items():
                 out[index[language]] += _moved(row, stash.segments, segments)
                 counter.release(row.numel() * row.element_size())
-        order = torch.tensor([index[language] for language in languages], device=rows.device)
-        out.index_add_(0, order, rows)
+        for row, language in zip(rows, languages):  # in rank order: deterministic on GPUs too
+            out[index[language]] += row
         counter.release(nbytes)
         counts = torch.bincount(layout.slot_task, minlength=len(tasks)).to(torch.float64)
         to_tasks = None if bool((counts == 1).all()) else torch.diag(1.0 / counts)
@@ -272,8 +280,8 @@ class FSDPBucketMOOState(HookState):
         """
         step = self._step
         f = float(step.order % _FINGERPRINT)
-        check = torch.tensor([f, f * f], dtype=torch.float64, device=partial.device)
-        summed = self.transport.reduce(torch.cat([partial.flatten(), check]), step.counter).cpu()
+        check = torch.tensor([f, f * f], dtype=torch.float64)
+        summed = self.transport.reduce(torch.cat([partial.flatten().cpu(), check]), step.counter)
         W = self.world_size
         if float(summed[-2]) != W * f or float(summed[-1]) != W * f * f:
             raise RuntimeError(
