@@ -205,9 +205,7 @@ class FSDPBucketMOOState(HookState):
         """Adds an earlier slot's rows to the unit's per-language sums."""
         counter = self._step.counter
         stash = self._step.stash.setdefault(key, _Stash(segments))
-        if stash.segments != segments:
-            stash.sums = {k: _moved(v, stash.segments, segments) for k, v in stash.sums.items()}
-            stash.segments = segments
+        _check_same_parameters(key, stash.segments, segments)
         for row, language in zip(rows, languages):
             if language in stash.sums:
                 stash.sums[language] += row
@@ -237,8 +235,9 @@ class FSDPBucketMOOState(HookState):
         counter.allocate(out.numel() * out.element_size())
         stash = step.stash.pop(key, None)
         if stash is not None:
+            _check_same_parameters(key, stash.segments, segments)
             for language, row in stash.sums.items():
-                out[index[language]] += _moved(row, stash.segments, segments)
+                out[index[language]] += row
                 counter.release(row.numel() * row.element_size())
         for row, language in zip(rows, languages):  # in rank order: deterministic on GPUs too
             out[index[language]] += row
@@ -348,21 +347,19 @@ class FSDPBucketMOOState(HookState):
         step.seconds += time.perf_counter() - start
 
 
-def _moved(row: Tensor, old: tuple[Segment, ...], new: tuple[Segment, ...]) -> Tensor:
-    """A shard row laid out by ``old`` segments, laid out by ``new`` (by parameter name).
+def _check_same_parameters(key: str, before: tuple[Segment, ...], now: tuple[Segment, ...]) -> None:
+    """Raises if a unit reduces other parameters than in the step's earlier slots.
 
-    FSDP includes the same parameters in every backward pass once each was unsharded; a
-    parameter that was not in ``old`` contributes zeros.
+    FSDP reduces every parameter of a unit that requires a gradient (zeros for unused ones),
+    so the layout changes within a step only if ``requires_grad`` was toggled mid-step.
     """
-    if old == new:
-        return row
-    out = row.new_zeros(new[-1].end if new else 0)
-    where = {s.name: s for s in old}
-    for s in new:
-        if s.name in where:
-            o = where[s.name]
-            out[s.start : s.end] = row[o.start : o.end]
-    return out
+    if before != now:
+        changed = sorted({s.name for s in before} ^ {s.name for s in now})
+        raise RuntimeError(
+            f"FSDP unit {key!r} reduces other parameters than in this step's earlier slots "
+            f"({changed}): requires_grad changed in the middle of a step. Freeze or unfreeze "
+            "parameters between optimizer steps."
+        )
 
 
 def _add_to_sharded_grads(unit: Unit, segments: tuple[Segment, ...], shard: Tensor) -> None:

@@ -103,6 +103,14 @@ def _divide_factor_changed(model, state):
     _backward(model, state)
 
 
+def _frozen_mid_step(model, state):
+    state = register(model, "mgda", slots_per_rank=2)
+    for k, language in enumerate(("de", "en")):
+        with state.slot(language):
+            (loss_of(model, language, 0, k) / 2).backward()
+        model.hidden.bias.requires_grad_(False)
+
+
 def _no_language(model, state):
     loss_of(model, "de", 0, 0).backward()
 
@@ -127,6 +135,7 @@ CASES = {
     "no sync": (sharded_mlp, _without_sync),
     "divide factor": (sharded_mlp, _divide_factor_changed),
     "no language": (sharded_mlp, _no_language),
+    "frozen mid-step": (sharded_mlp, _frozen_mid_step),
     "head units": (_head_units, _per_rank_heads),
     "fine": (sharded_heads, _per_rank_heads),
 }
@@ -150,6 +159,10 @@ def errors():
         ("no sync", "RuntimeError: No backward pass reached.*set_requires_gradient_sync"),
         ("divide factor", "RuntimeError: .*reconfigured.*divide factor 2.0"),
         ("no language", "RuntimeError: .*without a language.*state.slot"),
+        (
+            "frozen mid-step",
+            "RuntimeError: .*'hidden'.*\\['hidden.bias'\\].*between optimizer steps",
+        ),
         ("head units", "RuntimeError: .*reduced different FSDP units.*per-language head"),
     ],
 )
