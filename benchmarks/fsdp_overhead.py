@@ -36,6 +36,7 @@ import torch
 import torch._dynamo  # FSDP and DDP import it lazily: once, before forking
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from lm import TransformerLM, train_step
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -43,37 +44,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lightning_bmoo.comm import register_bucket_moo_hook, register_fsdp_bucket_moo_hook
 
 VOCAB, WIDTH, BLOCKS, HEADS, SEQ, BATCH = 8000, 640, 8, 10, 64, 4
-LANGUAGES = ("de", "en", "fr", "ru")
 
 
-class BlockLM(nn.Module):
-    """A pre-norm causal transformer LM over a list of blocks (about 49.5M parameters)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.position = nn.Parameter(torch.zeros(SEQ, WIDTH))
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                WIDTH, HEADS, 4 * WIDTH, dropout=0.0, batch_first=True, norm_first=True
-            )
-            for _ in range(BLOCKS)
-        )
-        self.norm = nn.LayerNorm(WIDTH)
-        self.head = nn.Linear(WIDTH, VOCAB)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(SEQ))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.position
-        for block in self.blocks:
-            x = block(x, src_mask=self.mask, is_causal=True)
-        return self.head(self.norm(x))
+def _model() -> TransformerLM:
+    """About 49.7M parameters."""
+    return TransformerLM(VOCAB, WIDTH, BLOCKS, HEADS, SEQ)
 
 
 def _build(config: dict[str, Any], K: int) -> tuple[nn.Module, Any]:
     """The model wrapped as the configuration says, and the hook's state (or None)."""
     torch.manual_seed(0)
-    model = BlockLM()
+    model = _model()
     if config["wrap"] == "ddp":
         ddp = DDP(model, broadcast_buffers=False)
         return ddp, register_bucket_moo_hook(ddp, config["aggregator"], slots_per_rank=K)
@@ -88,18 +69,8 @@ def _build(config: dict[str, Any], K: int) -> tuple[nn.Module, Any]:
     return model, state
 
 
-def _step(model: nn.Module, state: Any, opt: Any, g: torch.Generator, rank: int, step: int, K: int):
-    for k in range(K):
-        tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-        logits = model(tokens[:, :-1])
-        loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-        if state is None:
-            (loss / K).backward()
-        else:
-            with state.slot(LANGUAGES[(step + rank * K + k) % len(LANGUAGES)]):
-                (loss / K).backward()
-    opt.step()
-    opt.zero_grad()
+def _tokens(K: int, g: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (K, BATCH, SEQ + 1), generator=g)
 
 
 def _shard_numels(model: nn.Module) -> list[int]:
@@ -125,7 +96,7 @@ def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: 
         for i, (model, state, opt, g, times) in enumerate(runs):
             dist.barrier()
             start = time.perf_counter()
-            _step(model, state, opt, g, rank, step, K)
+            train_step(model, state, opt, _tokens(K, g), rank, step)
             times.append(time.perf_counter() - start)
             if state is not None and step >= warmup:
                 stats[i].append(state.last_step)
@@ -145,7 +116,7 @@ def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: 
             }
         )
     if rank == 0:
-        numel = sum(p.numel() for p in BlockLM().parameters())
+        numel = sum(p.numel() for p in _model().parameters())
         torch.save({"results": results, "shards": shards, "numel": numel}, out)
 
 
@@ -159,7 +130,7 @@ def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int, out:
         f.write("5")
     before = _status_bytes("VmRSS")
     for step in range(steps):
-        _step(model, state, opt, g, rank, step, K)
+        train_step(model, state, opt, _tokens(K, g), rank, step)
     torch.save(_status_bytes("VmHWM") - before, f"{out}.{rank}")
 
 

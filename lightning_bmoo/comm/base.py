@@ -10,6 +10,7 @@ produced it. The wrapper-specific part (how gradients arrive and leave) is in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 import weakref
 import zlib
@@ -313,17 +314,8 @@ class HookState:
         solved = self._solve(total, stats, "global", numel, names)
         stats.global_group = solved
         stats.groups.extend(
-            GroupStats(
-                key,
-                numel,
-                gramian,
-                solved.active,
-                solved.weights,
-                part_names,
-                fallback=solved.fallback,
-                scale=solved.scale,
-            )
-            for key, numel, gramian, part_names in parts
+            dataclasses.replace(solved, key=key, numel=n, gramian=gramian, param_names=part)
+            for key, n, gramian, part in parts
         )
         return solved
 

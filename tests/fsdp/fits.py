@@ -74,12 +74,21 @@ def fit(rank: int, world_size: int, out_dir: str, spec: dict[str, Any]) -> dict[
     data = spec.pop("data", None) or LanguageData()
     ckpt_path = spec.pop("ckpt_path", None)
     spec.setdefault("max_steps", 4)
-    spec.setdefault("enable_checkpointing", False)
     recorder = ShardRecorder(out_dir)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        out_dir, make_strategy(), world_size, callbacks=[recorder, *make_callbacks()], **spec
+    )
+    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    return recorder.record
+
+
+def quiet_trainer(out_dir: str, strategy: Any, devices: int, **kwargs: Any) -> pl.Trainer:
+    """A CPU Trainer for these tests: no logger, bars, sanity checks or validation."""
+    kwargs.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
         accelerator="cpu",
-        devices=world_size,
-        strategy=make_strategy(),
+        devices=devices,
+        strategy=strategy,
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -87,11 +96,8 @@ def fit(rank: int, world_size: int, out_dir: str, spec: dict[str, Any]) -> dict[
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=out_dir,
-        callbacks=[recorder, *make_callbacks()],
-        **spec,
+        **kwargs,
     )
-    trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
-    return recorder.record
 
 
 def same_shards(a: list[torch.Tensor], b: list[torch.Tensor], atol: float = 0.0) -> None:

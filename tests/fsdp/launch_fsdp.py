@@ -9,32 +9,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
 
 import lightning_bmoo  # noqa: F401  (registers "bmoo_fsdp")
 
 from ..strategy.models import LanguageData
-from .fits import ShardedTinyModel, ShardRecorder
+from .fits import ShardedTinyModel, ShardRecorder, quiet_trainer
 
 
 def main(out_dir: str) -> None:
     recorder = ShardRecorder(out_dir)
-    trainer = pl.Trainer(
-        strategy="bmoo_fsdp",
-        accelerator="cpu",
-        devices=2,
-        accumulate_grad_batches=2,
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        default_root_dir=out_dir,
-        callbacks=[recorder],
+    trainer = quiet_trainer(
+        out_dir, "bmoo_fsdp", 2, accumulate_grad_batches=2, max_steps=3, callbacks=[recorder]
     )
     trainer.fit(ShardedTinyModel(), datamodule=LanguageData(slots_per_rank=2))
     torch.save(recorder.record, Path(out_dir, f"rank{trainer.global_rank}.pt"))
