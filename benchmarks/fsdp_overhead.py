@@ -121,6 +121,10 @@ def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: 
 
 
 def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int, out: str) -> None:
+    # A fixed mmap threshold (here only: it slows allocation, which the timed phase must not
+    # suffer): large tensors are mmapped and leave the resident set when freed, so that the
+    # peak follows the live tensors (glibc raises the threshold as tensors are freed).
+    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
     model, state = _build(configs[0], K)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(rank)
@@ -181,9 +185,6 @@ def main() -> None:
     parser.add_argument("--slots", type=int, default=1, help="K: microbatches per rank")
     parser.add_argument("--quick", action="store_true", help="default, mgda and mean only")
     args = parser.parse_args()
-    # A fixed mmap threshold: large tensors are mmapped and their pages leave the resident
-    # set when freed, so that ru_maxrss follows the live peak (glibc raises it otherwise).
-    ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
     W, K = args.world_size, args.slots
     configs = configurations(args.quick)
     with tempfile.TemporaryDirectory() as tmp:
