@@ -8,10 +8,12 @@ forked processes (one thread per rank, one language per rank and slot):
    default, then each comm setting) and trains them in turn, one step each per round, so that
    the ratios are robust to the drift of a busy machine. Printed per configuration: median
    step time (forward, backward, SGD step; ranks in lockstep) and its ratio to FSDP2's; time
-   inside the comm; bytes each rank sent per step and their ratio to a ring reduce-scatter of
-   the same padded gradients; the comm's own count of the buffers it held at once beyond
-   FSDP's (``StepStats.peak_extra_bytes``) in MB and in units of the largest unit's unsharded
-   gradient.
+   inside the comm; bytes each rank sent per step and their ratio to FSDP2's ring
+   reduce-scatters of the same padded gradients (one per microbatch); the comm's own count
+   of the buffers it held at once beyond FSDP's (``StepStats.peak_extra_bytes``) in MB and in
+   units of the largest unit's unsharded gradient. Then gloo's reduce-scatter against an
+   all-to-all of the largest unit, and the comm's arithmetic per step (Gramians and
+   combinations of every unit's shard rows).
 2. *Memory*: each configuration, and the DDP hook (mgda, sharded) on the same model, runs a
    few steps in processes of its own; printed is each rank's peak resident memory during
    those steps above what it held once the model was built (Linux's ``VmHWM`` after resetting
@@ -42,6 +44,7 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightning_bmoo.comm import register_bucket_moo_hook, register_fsdp_bucket_moo_hook
+from lightning_bmoo.comm.linalg import combine_rows, row_gramian
 
 VOCAB, WIDTH, BLOCKS, HEADS, SEQ, BATCH = 8000, 640, 8, 10, 64, 4
 
@@ -56,7 +59,7 @@ def _build(config: dict[str, Any], K: int) -> tuple[nn.Module, Any]:
     torch.manual_seed(0)
     model = _model()
     if config["wrap"] == "ddp":
-        ddp = DDP(model, broadcast_buffers=False)
+        ddp = DDP(model)
         return ddp, register_bucket_moo_hook(ddp, config["aggregator"], slots_per_rank=K)
     for unit in (model.embed, *model.blocks, model.head):
         fully_shard(unit)
@@ -84,7 +87,7 @@ def _shard_numels(model: nn.Module) -> list[int]:
     return out
 
 
-def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: str) -> None:
+def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int, out: str) -> None:
     runs = []
     for config in configs:
         model, state = _build(config, K)
@@ -101,6 +104,7 @@ def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: 
             if state is not None and step >= warmup:
                 stats[i].append(state.last_step)
     shards = _shard_numels(runs[0][0])
+    collectives = _collective_times(W * max(shards))
     results = []
     for (_, _, _, _, times), steps_stats in zip(runs, stats):
         results.append(
@@ -117,7 +121,54 @@ def _timed(rank: int, world: int, configs: list[dict], steps: int, K: int, out: 
         )
     if rank == 0:
         numel = sum(p.numel() for p in _model().parameters())
-        torch.save({"results": results, "shards": shards, "numel": numel}, out)
+        arithmetic = _arithmetic_times(shards, W * K)
+        torch.save(
+            {
+                "results": results,
+                "shards": shards,
+                "numel": numel,
+                "collectives": collectives,
+                "arithmetic": arithmetic,
+            },
+            out,
+        )
+
+
+def _collective_times(numel: int) -> dict[str, float]:
+    """Seconds of gloo's reduce-scatter and all-to-all of ``numel`` float32 (medians of 5)."""
+    x = torch.randn(numel)
+    scattered, exchanged = torch.empty(numel // dist.get_world_size()), torch.empty(numel)
+    runs = {
+        "reduce_scatter_tensor": lambda: dist.reduce_scatter_tensor(scattered, x),
+        "all_to_all_single": lambda: dist.all_to_all_single(exchanged, x),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(5):
+        for name, run in runs.items():
+            dist.barrier()
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _arithmetic_times(shards: list[int], T: int) -> dict[str, float]:
+    """Seconds per step of the comm's own arithmetic, in one process: every unit's Gramian
+    of ``T`` shard rows and their weighted combination (medians of 3)."""
+    gramians, combinations = [], []
+    for _ in range(3):
+        gram = comb = 0.0
+        for m in shards:
+            rows, out = torch.randn(T, m), torch.empty(m)
+            start = time.perf_counter()
+            row_gramian(rows)
+            gram += time.perf_counter() - start
+            start = time.perf_counter()
+            combine_rows(rows, torch.full((T,), 1.0 / T, dtype=torch.float64), out)
+            comb += time.perf_counter() - start
+        gramians.append(gram)
+        combinations.append(comb)
+    return {"Gramians": statistics.median(gramians), "combination": statistics.median(combinations)}
 
 
 def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int, out: str) -> None:
@@ -197,7 +248,8 @@ def main() -> None:
             _launch(_memory, W, [config], args.memory_steps, K, path)
             memory.append(max(torch.load(f"{path}.{r}") for r in range(W)))
     shards, results = timed["shards"], timed["results"]
-    reduce_scatter = (W - 1) * sum(shards) * 4
+    # FSDP2 reduce-scatters every microbatch: K reduce-scatters per step.
+    reduce_scatter = K * (W - 1) * sum(shards) * 4
     unit_grad = W * max(shards) * 4
     print(
         f"{W} gloo ranks x 1 thread, K = {K}, {timed['numel'] / 1e6:.1f}M parameters in "
@@ -205,8 +257,8 @@ def main() -> None:
         f"of {args.steps} interleaved steps\n"
     )
     print(
-        "| update | granularity | step ms | x FSDP2 | hook ms | MB sent | x reduce-scatter "
-        "| held MB | held / unit grad |"
+        "| update | granularity | step ms | x FSDP2 | hook ms | MB sent "
+        "| x FSDP2's reduce-scatters | held MB | held / unit grad |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     base = results[0]["step"]
@@ -218,6 +270,14 @@ def main() -> None:
             f"| {r['hook'] * 1e3:.1f} | {sent / 2**20:.1f} | {sent / reduce_scatter:.4f} "
             f"| {r['held'] / 2**20:.1f} | {r['held'] / unit_grad:.2f} |"
         )
+    c, a = timed["collectives"], timed["arithmetic"]
+    print(
+        f"\ngloo here, the largest unit's {unit_grad / 2**20:.1f} MB: reduce_scatter_tensor "
+        f"{c['reduce_scatter_tensor'] * 1e3:.1f} ms, all_to_all_single "
+        f"{c['all_to_all_single'] * 1e3:.1f} ms. The comm's arithmetic per step (every unit, "
+        f"T = {W * K} rows, one process): Gramians {a['Gramians'] * 1e3:.0f} ms, combinations "
+        f"{a['combination'] * 1e3:.0f} ms."
+    )
     print(
         f"\nPeak resident memory per rank above the built model, {args.memory_steps} steps "
         "each in fresh processes:\n"
