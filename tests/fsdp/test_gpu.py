@@ -78,7 +78,9 @@ def _worker(rank, world_size, port, out_dir):
 def ranks():
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(_worker, args=(2, free_port(), out_dir), nprocs=2, start_method="spawn")
-        results = [torch.load(os.path.join(out_dir, f"{r}.pt")) for r in range(2)]
+        results = [
+            torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False) for r in range(2)
+        ]
     for result in results:
         if isinstance(result, RemoteError):
             raise result
