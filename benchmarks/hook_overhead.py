@@ -31,47 +31,12 @@ import torch
 import torch._dynamo  # DDP imports it lazily: import it once, before forking
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from lm import TransformerLM, train_step
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightning_bmoo.comm import register_bucket_moo_hook
 
 VOCAB, WIDTH, LAYERS, HEADS, SEQ, BATCH = 8000, 384, 6, 6, 64, 8
-LANGUAGES = ("de", "en", "fr", "ru")
-
-
-class TinyLM(nn.Module):
-    """A pre-norm causal transformer LM of about 14M parameters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, WIDTH)
-        self.position = nn.Parameter(torch.zeros(SEQ, WIDTH))
-        layer = nn.TransformerEncoderLayer(
-            WIDTH, HEADS, 4 * WIDTH, dropout=0.0, batch_first=True, norm_first=True
-        )
-        self.blocks = nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(WIDTH)
-        self.head = nn.Linear(WIDTH, VOCAB)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(SEQ))
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        x = self.embed(tokens) + self.position
-        return self.head(self.norm(self.blocks(x, mask=self.mask, is_causal=True)))
-
-
-def _step(ddp: DDP, state, opt, g: torch.Generator, rank: int, step: int, K: int) -> None:
-    for k in range(K):
-        tokens = torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=g)
-        logits = ddp(tokens[:, :-1])
-        loss = nn.functional.cross_entropy(logits.reshape(-1, VOCAB), tokens[:, 1:].reshape(-1))
-        if state is None:
-            (loss / K).backward()
-        else:
-            with state.slot(LANGUAGES[(step + rank * K + k) % len(LANGUAGES)]):
-                (loss / K).backward()
-    opt.step()
-    opt.zero_grad(set_to_none=False)
 
 
 def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out: str) -> None:
@@ -81,7 +46,7 @@ def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out:
     runs = []
     for config in configs:
         torch.manual_seed(0)
-        model = TinyLM()
+        model = TransformerLM(VOCAB, WIDTH, LAYERS, HEADS, SEQ)  # about 16.8M parameters
         ddp = DDP(model, bucket_cap_mb=config["bucket_mb"], broadcast_buffers=False)
         state = None
         if config["aggregator"] is not None:
@@ -110,7 +75,8 @@ def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out:
         for config, run in zip(configs, runs):
             dist.barrier()
             start = time.perf_counter()
-            _step(run["ddp"], run["state"], run["opt"], run["g"], rank, step, config["slots"])
+            tokens = torch.randint(0, VOCAB, (config["slots"], BATCH, SEQ + 1), generator=run["g"])
+            train_step(run["ddp"], run["state"], run["opt"], tokens, rank, step)
             run["times"].append(time.perf_counter() - start)
             last = run["state"].last_step if run["state"] is not None else None
             if last is not None and step >= 1:  # DDP's first iteration has one huge bucket

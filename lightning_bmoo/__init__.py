@@ -24,11 +24,13 @@ _EXPORTS = {
     "LanguageBatchSampler": "data",
     "collate_with_language": "data",
     "BucketMOOStrategy": "strategy",
+    "BucketMOOFSDPStrategy": "strategy",
     "check_dataloader": "strategy",
 }
 
 __all__ = [
     "Aggregator",
+    "BucketMOOFSDPStrategy",
     "BucketMOOStrategy",
     "InterferenceMonitor",
     "LanguageBatchSampler",
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
     from .aggregators import Aggregator, available_aggregators, get_aggregator
     from .callbacks import InterferenceMonitor
     from .data import LanguageBatchSampler, collate_with_language
-    from .strategy import BucketMOOStrategy, check_dataloader
+    from .strategy import BucketMOOFSDPStrategy, BucketMOOStrategy, check_dataloader
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ produced it. The wrapper-specific part (how gradients arrive and leave) is in th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 import weakref
 import zlib
@@ -27,7 +28,7 @@ from .layout import Layout, exchange_slot
 from .options import HookOptions
 from .solve import solve_group
 from .stats import GroupStats, StepStats
-from .transports import Channels, group_timeout, open_channels
+from .transports import Channels, CommCounter, group_timeout, open_channels
 
 #: Version of :meth:`HookState.state_dict`'s envelope.
 STATE_VERSION = 2
@@ -148,7 +149,8 @@ class HookState:
         if self._backwards == backwards:
             raise RuntimeError(
                 f"No backward pass reached the bucket-MOO hook inside slot({language!r}). "
-                "Call loss.backward() inside the block, outside DDP's no_sync()."
+                "Call loss.backward() inside the block, outside DDP's no_sync() (with FSDP, "
+                "without set_requires_gradient_sync(False))."
             )
 
     @property
@@ -298,6 +300,35 @@ class HookState:
             scale=solution.scale,
         )
 
+    def _solve_global(
+        self, stats: StepStats, parts: list[tuple[str, int, Tensor, list[str]]]
+    ) -> GroupStats:
+        """Solves the whole model once from its parts' ``(key, numel, gramian, names)``.
+
+        Records the solve as ``stats.global_group`` and each part as a group carrying the
+        global weights, and returns the solve.
+        """
+        total = torch.stack([gramian for _, _, gramian, _ in parts]).sum(0)
+        names = [name for *_, part_names in parts for name in part_names]
+        numel = sum(numel for _, numel, _, _ in parts)
+        solved = self._solve(total, stats, "global", numel, names)
+        stats.global_group = solved
+        stats.groups.extend(
+            dataclasses.replace(solved, key=key, numel=n, gramian=gramian, param_names=part)
+            for key, n, gramian, part in parts
+        )
+        return solved
+
+    def _complete_step(self, stats: StepStats, counter: CommCounter, seconds: float) -> None:
+        """Records the traffic and time of a completed step and moves on to the next step."""
+        stats.bytes_sent = dict(counter.sent)
+        stats.bytes_received = dict(counter.received)
+        stats.collectives = dict(counter.collectives)
+        stats.hook_seconds = seconds
+        stats.peak_extra_bytes = counter.peak
+        self.last_step = stats
+        self.step += 1
+
     def _collective_failed(self, error: Exception, slot: int) -> RuntimeError:
         """The error to raise when a collective of the hook fails (a peer stalled or died)."""
         timeout = group_timeout(self.process_group)
@@ -307,7 +338,7 @@ class HookState:
             f"than the process group's timeout ({timeout}), died, or stopped calling backward "
             "in step with this one; its own log tells which. The process group can no longer "
             "be trusted: restart from the last checkpoint (the timeout is "
-            "init_process_group(timeout=...) or BucketMOOStrategy(timeout=...))."
+            "init_process_group(timeout=...), or the strategy's timeout=... in Lightning)."
         )
 
     def _optimizer_stepped(self, optimizer: Any) -> None:
