@@ -4,14 +4,14 @@ The top-level names are imported on first use, so that each part costs only what
 ``lightning_bmoo.comm`` (the plain-torch hook) loads torch but not Lightning, and the offline
 report (``bmoo-report``) loads neither.
 
-``Trainer(strategy="bmoo")`` needs the strategy registered with Lightning: importing
-``lightning_bmoo.strategy`` (or ``BucketMOOStrategy`` from here) does it, and so does
-``import lightning_bmoo`` once Lightning is imported.
+``import lightning_bmoo`` registers the strategy names (``Trainer(strategy="bmoo")``) with
+Lightning, now if Lightning is loaded, else as soon as it is.
 """
 
-import sys
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+from ._registration import register_when_lightning_loads
 
 __version__ = "0.1.0"
 
@@ -61,5 +61,4 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *_EXPORTS})
 
 
-if "lightning.pytorch" in sys.modules:  # Lightning is there already: register "bmoo" now
-    import_module(".strategy", __name__)
+register_when_lightning_loads()

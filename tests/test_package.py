@@ -46,12 +46,13 @@ def test_every_exported_name_resolves():
     "code",
     [
         "import lightning.pytorch as pl; import lightning_bmoo",  # Lightning first
-        "from lightning_bmoo import BucketMOOStrategy; import lightning.pytorch as pl",
+        "import lightning_bmoo; import lightning.pytorch as pl",  # Lightning later
+        "import lightning_bmoo; from lightning.pytorch import Trainer",
     ],
 )
 def test_the_strategy_names_are_registered(code):
     probe = "from lightning.pytorch.strategies import StrategyRegistry; "
-    probe += "print('bmoo' in StrategyRegistry and 'bmoo_fork' in StrategyRegistry)"
+    probe += "print(all(n in StrategyRegistry for n in ('bmoo', 'bmoo_fork', 'bmoo_fsdp')))"
     out = subprocess.run(
         [sys.executable, "-c", f"{code}; {probe}"], capture_output=True, text=True, check=True
     )

@@ -45,8 +45,7 @@ class BucketMOOStrategy(BucketMOOTraining, DDPStrategy):
     step runs, or from ``language_fn(batch)``.
 
     Registered as ``"bmoo"`` (and ``"bmoo_spawn"``, ``"bmoo_fork"``, ``"bmoo_notebook"``,
-    ``"bmoo[_spawn|_fork]_find_unused_parameters_{true,false}"``) when
-    ``lightning_bmoo.strategy`` is imported (see docs/strategy.md).
+    ``"bmoo[_spawn|_fork]_find_unused_parameters_{true,false}"``) on ``import lightning_bmoo``.
 
     Args:
         aggregator: aggregator name (see :func:`~lightning_bmoo.available_aggregators`) or an
