@@ -212,7 +212,7 @@ class MultilingualLM(pl.LightningModule):
             if language is None:
                 raise ValueError("A model with per-language adapters needs the batch's language.")
             activate_language(self.model, language)
-        return self.model(input_ids=input_ids).logits
+        return self.model(input_ids=input_ids, use_cache=False).logits  # no generation here
 
     def loss_sum(self, input_ids: torch.Tensor, language: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(summed loss, predicted tokens)`` of a batch: exact token-weighted means add up."""

@@ -70,3 +70,26 @@ def test_per_language_adapters_through_the_strategy_and_the_monitor(tmp_path):
         assert metrics[f"interference/gain/{lang}"] > 0
     off_diagonal = ~torch.eye(len(LANGUAGES), dtype=torch.bool)
     assert group_cos.shape[0] > 1 and torch.isnan(group_cos[:, off_diagonal]).all()
+
+
+def test_per_language_adapters_with_checkpointing_bf16_and_tied_embeddings_train(tmp_path):
+    model = per_language_model()  # tied input and output embeddings
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    strategy = BucketMOOStrategy("mgda", start_method="fork", find_unused_parameters=True)
+    layouts = [["de", "en", "fr", "ru"], ["en", "de", "en", "fr"], ["ru", "fr", "de", "de"]]
+    fit(
+        tmp_path,
+        strategy,
+        model=TinyLM(model, per_language=True, lr=1e-2, gradient_checkpointing=True),
+        data=PlannedTokens(layouts, K),
+        callbacks=[GradRecorder(str(tmp_path))],
+        accumulate_grad_batches=K,
+        precision="bf16-mixed",
+        max_steps=len(layouts),
+    )
+    params = [torch.load(tmp_path / f"params{r}.pt", weights_only=False) for r in range(2)]
+    for name, value in params[0].items():
+        torch.testing.assert_close(value, params[1][name], rtol=0, atol=0, msg=name)  # replicas
+        assert torch.isfinite(value).all(), name
+        moved = not torch.equal(value, before[name])
+        assert moved == ("lora_" in name), name  # adapters trained, the frozen base did not

@@ -101,7 +101,7 @@ def lm_loss(model: nn.Module, language: str, step: int, slot: int) -> torch.Tens
     if hasattr(inner, "peft_config") and language in inner.peft_config:
         activate_language(inner, language)
     ids = tokens(language, step, slot)
-    return model(input_ids=ids, labels=ids).loss
+    return model(input_ids=ids, labels=ids, use_cache=False).loss
 
 
 def trainable_grads(model: nn.Module) -> dict[str, torch.Tensor | None]:
