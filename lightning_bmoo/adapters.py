@@ -33,6 +33,7 @@ from .vocabulary import check_language_name
 __all__ = [
     "activate_language",
     "add_language_adapters",
+    "check_adapter_name",
     "language_adapters",
     "load_language_adapters",
 ]
@@ -61,7 +62,7 @@ def add_language_adapters(
             "add_language_adapters needs the base model, not a PeftModel: pass "
             "peft_model.get_base_model() or build the adapters on a fresh base."
         )
-    names = [_adapter_name(lang) for lang in languages]
+    names = [check_adapter_name(lang) for lang in languages]
     if not names or len(set(names)) != len(names):
         raise ValueError(f"languages must be a non-empty list without duplicates, got {languages}.")
     peft_model = get_peft_model(model, config, adapter_name=names[0])
@@ -141,7 +142,14 @@ def load_language_adapters(
     return peft_model
 
 
-def _adapter_name(language: str) -> str:
+def check_adapter_name(language: str) -> str:
+    """Returns ``language`` if it can name a peft adapter, else raises.
+
+    A valid language name (:func:`~lightning_bmoo.vocabulary.check_language_name`) without ``.``.
+
+    Raises:
+        ValueError: naming the problem.
+    """
     check_language_name(language)
     if "." in language:
         # peft keeps adapters in ModuleDicts, whose keys cannot hold a dot.

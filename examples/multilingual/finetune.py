@@ -312,8 +312,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not inherited:
             os.environ.pop(RUN_DIR_ENV, None)
+    seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}
+    saved = save_trained(model, tokenizer, run_dir, args.adapters)
     results = {
         "name": name,
         "run_dir": str(run_dir),
@@ -321,9 +323,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "granularity": args.granularity,
         "adapters": args.adapters,
         "base_model": str(base),
-        "saved": str(save_trained(model, tokenizer, run_dir, args.adapters)),
+        "saved": str(saved),
         "steps": args.steps,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "val_loss_before": before,
         "val_loss": {lang: float(trainer.callback_metrics[f"val/loss/{lang}"]) for lang in val},
         "val_ppl": {lang: float(trainer.callback_metrics[f"val/ppl/{lang}"]) for lang in val},

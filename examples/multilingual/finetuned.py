@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning_bmoo.adapters import check_adapter_name
+
 from .cli import UsageError
 from .model import MultilingualLM, load_pretrained, with_adapters
 from .tokenizer import Tokenizer
@@ -40,6 +42,12 @@ def build_model(
             "--hf-model",
             f"its tokenizer has {tokenizer.vocab_size} ids but the model embeds {rows}",
         )
+    if args.adapters == "per-language":
+        try:
+            for language in languages:
+                check_adapter_name(language)  # adapters are named by the data's languages
+        except ValueError as err:
+            raise UsageError("--data-dir", str(err)) from None
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and args.seq_len > limit:
         raise UsageError("--seq-len", f"{args.seq_len} exceeds the model's {limit} positions")

@@ -116,6 +116,10 @@ def test_a_model_folder_that_does_not_fit_fails_naming_the_option(tmp_path, caps
     line = fails([*common, "--seq-len", "8", "--batch-size", "1", "--adapters", "shared",
                   "--lora-targets", "no_such_proj"], capsys)  # fmt: skip
     assert "argument --lora-targets: " in line and "no_such_proj" in line
+    dotted = write(tmp_path / "dotted", {"en.US.txt": LINES, "de.txt": LINES})
+    line = fails(["--data-dir", str(dotted), "--hf-model", str(tmp_path / "model"), "--seq-len",
+                  "8", "--batch-size", "1", "--adapters", "per-language"], capsys)  # fmt: skip
+    assert "argument --data-dir: Language 'en.US' cannot name a peft adapter" in line
 
 
 def test_help_shows_each_default_once_and_never_none():
