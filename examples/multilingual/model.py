@@ -195,7 +195,9 @@ class MultilingualLM(pl.LightningModule):
                 "(lightning_bmoo.adapters.add_language_adapters)."
             )
         self.save_hyperparameters(ignore=["model"])
-        self.model = model
+        # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
+        # as it finds it: without this, dropout and gradient checkpointing would stay off.
+        self.model = model.train()
         self.pad_id, self.per_language = pad_id, per_language
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio

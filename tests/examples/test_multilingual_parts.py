@@ -358,6 +358,8 @@ def test_load_pretrained_round_trip_and_errors(tmp_path: Path) -> None:
     ids = torch.randint(4, 64, (2, 16))
     loaded = load_pretrained(tmp_path / "model")
     torch.testing.assert_close(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
+    assert not loaded.training  # transformers' choice; Lightning would keep it
+    assert all(m.training for m in MultilingualLM(loaded, pad_id=0).modules())
     with pytest.raises(ValueError, match=r"no config\.json"):
         load_pretrained(tmp_path / "nothing")
     (tmp_path / "broken").mkdir()

@@ -98,3 +98,9 @@ def test_saved_adapters_load_back_for_every_language(tmp_path):
         load_language_adapters(tiny_llama(), tmp_path / "adapters", ["de", "sw"])
     with pytest.raises(FileNotFoundError, match="No saved adapter for any language"):
         load_language_adapters(tiny_llama(), tmp_path)
+
+
+def test_plain_torch_users_do_not_load_lightning():
+    from ..test_package import _modules_after
+
+    assert not {"lightning", "torchmetrics"} & _modules_after("import lightning_bmoo.adapters")
