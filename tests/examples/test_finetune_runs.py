@@ -17,8 +17,10 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from examples.multilingual.cli import build_parser
 from examples.multilingual.data import build_datasets
 from examples.multilingual.finetune import evaluate
+from examples.multilingual.finetuned import build_model, save_trained
 from examples.multilingual.model import MultilingualLM, small_config
 from examples.multilingual.texts import holdout_split, load_folder
 from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
@@ -107,26 +109,43 @@ def tiny_model_folder(data_dir: Path, folder: Path) -> Path:
     return folder / "model"
 
 
-@pytest.mark.parametrize(("adapters", "devices"), [("per-language", "2"), ("shared", "1")])
-def test_lora_adapters_of_a_local_model_are_saved_loadable(
-    adapters: str, devices: str, data_dir: Path, tmp_path: Path
+def test_per_language_adapters_of_a_local_model_are_saved_loadable(
+    data_dir: Path, tmp_path: Path
 ) -> None:
     base = tiny_model_folder(data_dir, tmp_path)
     out = finetune(
-        "--data-dir", str(data_dir), "--hf-model", str(base), "--adapters", adapters,
+        "--data-dir", str(data_dir), "--hf-model", str(base), "--adapters", "per-language",
         "--out", str(tmp_path / "runs"), "--steps", "3", "--seq-len", "32", "--batch-size", "2",
-        "--val-every", "3", "--logger", "csv", "--no-report", "--devices", devices,
+        "--val-every", "3", "--logger", "csv", "--no-report", "--devices", "2",
         "--lr", "0.01", "--lora-rank", "2",
     )  # fmt: skip
-    run = next((tmp_path / "runs").glob(f"*lora_{adapters}*/version_0"))
+    run = next((tmp_path / "runs").glob("*lora_per-language*/version_0"))
     results = json.loads((run / "results.json").read_text())
-    assert results["base_model"] == str(base) and "training " in out and "LoRA adapter" in out
+    assert results["base_model"] == str(base) and "LoRA adapters: adapters/<language>/" in out
+    saved = Path(results["saved"]).glob("*/adapter_config.json")
+    assert sorted(p.parent.name for p in saved) == sorted(WORDS)  # adapters/<lang>/
     fresh = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
-    if adapters == "per-language":
-        saved = Path(results["saved"]).glob("*/adapter_config.json")
-        assert sorted(p.parent.name for p in saved) == sorted(WORDS)  # adapters/<lang>/
-        model = load_language_adapters(fresh, results["saved"])
-        assert sorted(model.peft_config) == sorted(WORDS)
-    else:
-        model = PeftModel.from_pretrained(fresh, results["saved"])
-    assert_reproduces(results, model, data_dir, per_language=adapters == "per-language")
+    model = load_language_adapters(fresh, results["saved"])
+    assert sorted(model.peft_config) == sorted(WORDS)
+    assert_reproduces(results, model, data_dir, per_language=True)
+
+
+def test_a_shared_adapter_is_saved_loadable(data_dir: Path, tmp_path: Path) -> None:
+    # In-process, no training: save_trained and the shared adapter's folder (a run as above
+    # costs ~20 s of suite time for what the per-language run already covers).
+    base = tiny_model_folder(data_dir, tmp_path)
+    args = build_parser().parse_args(["--hf-model", str(base), "--adapters", "shared",
+                                      "--seq-len", "32", "--lora-rank", "2"])  # fmt: skip
+    tokenizer = Tokenizer.from_pretrained(base)
+    module = build_model(args, base, tokenizer, sorted(WORDS))
+    with torch.no_grad():
+        for p in module.model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # as if trained: the adapter changes the output
+    folder = save_trained(module, tokenizer, tmp_path / "run", "shared")
+    assert folder.name == "adapter" and (folder / "adapter_config.json").is_file()
+    fresh = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    loaded = PeftModel.from_pretrained(fresh, folder)
+    ids = torch.tensor([tokenizer.encode(SENTENCES["en"])])
+    torch.testing.assert_close(loaded(input_ids=ids).logits, module(ids))
+    assert Tokenizer.from_pretrained(folder).encode("the book") == tokenizer.encode("the book")
