@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning_bmoo import available_aggregators
-from lightning_bmoo.comm import GRANULARITIES, TRANSPORTS, check_hook_options
+from lightning_bmoo.comm import GRANULARITIES, TRANSPORTS, HookOptions
 
+from .model import ADAPTERS
 from .texts import BIBLE_TRANSLATIONS
 
 PROG = "python -m examples.multilingual.finetune"
@@ -84,8 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog=PROG,
         description="Multilingual fine-tuning with bucket-level MOO (lightning_bmoo): a base "
-        "model pretrained once (cached), fine-tuned with BucketMOOStrategy on --devices "
-        "processes, then a per-language validation table and an HTML conflict report.",
+        "model pretrained once (cached) or your Hugging Face model, fine-tuned (every weight or "
+        "LoRA adapters) with BucketMOOStrategy on --devices processes, then a per-language "
+        "validation table, an HTML conflict report and the trained model, saved with "
+        "save_pretrained.",
         formatter_class=_Help,
     )
     data = p.add_argument_group("data")
@@ -181,21 +184,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     base = p.add_argument_group("base model")
     base.add_argument(
+        "--hf-model",
+        type=Path,
+        metavar="DIR",
+        help="fine-tune this local Hugging Face causal LM (a folder with config.json, weights "
+        "and tokenizer, as save_pretrained writes it; never downloaded) instead of pretraining "
+        "one",
+    )
+    base.add_argument(
         "--pretrain-steps",
         type=_at_least(1),
         default=300,
         help="steps of the base model's pretraining, run once and cached (not --steps)",
     )
     base.add_argument(
-        "--base-checkpoint",
-        type=Path,
-        help="your own base model state dict instead of pretraining one",
-    )
-    base.add_argument(
         "--cache",
         type=Path,
         default=Path(".cache/lightning_bmoo"),
         help="tokenizer and base model cache",
+    )
+    tuning = p.add_argument_group("what is trained")
+    tuning.add_argument(
+        "--adapters",
+        default="none",
+        choices=list(ADAPTERS),
+        help="none: every weight; shared: one LoRA adapter for all languages (bucket MOO over "
+        "its parameters); per-language: one LoRA adapter per language, chosen by each "
+        "microbatch's language (the base is frozen in both)",
+    )
+    tuning.add_argument("--lora-rank", type=_at_least(1), default=8, help="LoRA rank r (alpha 2r)")
+    tuning.add_argument(
+        "--lora-targets",
+        nargs="+",
+        metavar="MODULE",
+        help="module names LoRA adapts, e.g. q_proj v_proj (default: peft's for the model type)",
+    )
+    tuning.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, about a third slower",
+    )
+    tuning.add_argument(
+        "--precision",
+        default="32-true",
+        choices=["32-true", "bf16-mixed", "16-mixed"],
+        help="Lightning's precision; 16-mixed brings a GradScaler on GPUs",
     )
     out = p.add_argument_group("output")
     out.add_argument(
@@ -254,8 +287,12 @@ def check_args(args: argparse.Namespace) -> None:
                 )
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError("--data-dir", f"{args.data_dir} is not a folder")
-    if args.base_checkpoint is not None and not args.base_checkpoint.is_file():
-        raise UsageError("--base-checkpoint", f"{args.base_checkpoint} does not exist")
+    if args.hf_model is not None and not (args.hf_model / "config.json").is_file():
+        raise UsageError(
+            "--hf-model",
+            f"{args.hf_model} is no Hugging Face model folder (no config.json); pass the folder "
+            "save_pretrained wrote",
+        )
     for flag in ("--out", "--cache"):
         path = getattr(args, flag[2:])
         if path.exists() and not path.is_dir():
@@ -268,7 +305,7 @@ def check_args(args: argparse.Namespace) -> None:
     ):
         raise UsageError("--name", f"{name!r} cannot name a folder (no slashes, no blanks around)")
     try:
-        check_hook_options(
+        HookOptions.build(
             args.aggregator,
             dict(args.aggregator_option),
             transport=args.transport,

@@ -3,13 +3,16 @@
 Stages, all offline, each announced on one line:
 
 1. data: the public-domain Bible extract shipped in ``bible/`` (or ``--data-dir``);
-2. base model: a SentencePiece tokenizer and a small causal transformer pretrained on the Old
-   Testament of every language, each trained once and cached (or ``--base-checkpoint``);
-3. fine-tuning on the New Testament with ``BucketMOOStrategy`` + ``LanguageBatchSampler`` +
+2. base model: a SentencePiece tokenizer (as a Hugging Face tokenizer) and a small
+   ``transformers`` Llama pretrained on the Old Testament of every language, each trained once
+   and cached; or your own local Hugging Face model with its tokenizer (``--hf-model``);
+3. fine-tuning on the New Testament, of every weight or of LoRA adapters (``--adapters``: one
+   shared, or one per language), with ``BucketMOOStrategy`` + ``LanguageBatchSampler`` +
    ``InterferenceMonitor`` on ``--devices`` CPU processes over gloo (or GPUs over NCCL),
    logged to CSV and W&B (offline unless you are logged in), with a progress bar in optimizer
    steps;
-4. a per-language validation table (before and after fine-tuning) and an HTML conflict report.
+4. a per-language validation table (before and after fine-tuning), an HTML conflict report,
+   and the trained model or adapters, saved with ``save_pretrained``.
 
 Every run writes into a new folder ``--out/NAME/version_N``; nothing of an earlier run is
 touched. ``python -m examples.multilingual.finetune --help`` lists the options.
@@ -37,10 +40,12 @@ from lightning_bmoo.callbacks import InterferenceMonitor, StepProgressBar
 
 from .cli import DEFAULT_LANGUAGES, UsageError, build_parser, parse_args
 from .data import build_datasets, build_train_loader, build_val_loader
-from .model import PAD_ID, LMConfig, MultilingualLM, causal_lm_loss
+from .finetuned import build_model, describe_saved, describe_trainable, save_trained
+from .model import MultilingualLM
 from .pretrain import prepare_base
 from .quiet import silence_known_noise
 from .texts import holdout_split, load_bible, load_folder
+from .tokenizer import Tokenizer
 
 #: The run folder chosen by the launching process, inherited by the DDP ranks it starts.
 RUN_DIR_ENV = "LIGHTNING_BMOO_EXAMPLE_RUN_DIR"
@@ -53,14 +58,16 @@ def say(message: str) -> None:
 
 
 def run_name(args: argparse.Namespace) -> str:
-    """``--name``, or one that tells runs apart: aggregator, granularity, data, steps, seed."""
+    """``--name``, or one that tells runs apart: aggregator, granularity, data, adapters, steps,
+    seed."""
     if args.name:
         return args.name
     if args.data_dir is not None:
         data = args.data_dir.resolve().name
     else:
         data = "bible-" + "+".join(sorted(args.languages or DEFAULT_LANGUAGES))
-    return f"{args.aggregator}-{args.granularity}-{data}-{args.steps}steps-s{args.seed}"
+    lora = "" if args.adapters == "none" else f"-lora_{args.adapters}"
+    return f"{args.aggregator}-{args.granularity}-{data}{lora}-{args.steps}steps-s{args.seed}"
 
 
 def claim_run_dir(out: Path, name: str) -> Path:
@@ -169,9 +176,8 @@ def evaluate(
     for lang, dataset in sorted(datasets.items()):
         total = tokens = 0.0
         for batch in DataLoader(dataset, batch_size=batch_size):
-            ids = batch["input_ids"]
-            total += float(causal_lm_loss(model(ids), ids, reduction="sum"))
-            tokens += float((ids[:, 1:] != PAD_ID).sum())
+            loss_sum, count = model.loss_sum(batch["input_ids"], lang)
+            total, tokens = total + float(loss_sum), tokens + float(count)
         losses[lang] = total / max(tokens, 1.0)
     model.train()
     return losses
@@ -214,28 +220,32 @@ def make_loggers(args: argparse.Namespace, run_dir: Path, name: str) -> list[Log
     return loggers
 
 
-def prepare(args: argparse.Namespace) -> tuple[Path, LanguageData, LMConfig]:
-    """Data, tokenizer, base model and datasets; every problem found here names its option.
+def prepare(args: argparse.Namespace) -> tuple[Path, Tokenizer, LanguageData]:
+    """Data, tokenizer, base model folder and datasets; every problem found here names its option.
 
     Raises:
-        UsageError: for data or a base checkpoint that cannot serve.
+        UsageError: for data or a model folder that cannot serve.
     """
     pretrain_texts, train_texts, val_texts = load_texts(args)
-    config = LMConfig(max_seq_len=args.seq_len)
-    try:
-        tokenizer, base = prepare_base(
-            pretrain_texts,
-            args.cache,
-            checkpoint=args.base_checkpoint,
-            config=config,
-            steps=args.pretrain_steps,
-            seed=args.seed,
-            say=say if rank_zero_only.rank == 0 else None,
-        )
-    except ValueError as err:
-        flag = "--base-checkpoint" if args.base_checkpoint is not None else "--data-dir"
-        raise UsageError(flag, str(err)) from None
-    config = LMConfig(max_seq_len=args.seq_len, vocab_size=tokenizer.vocab_size)
+    if args.hf_model is not None:
+        base = args.hf_model.resolve()
+        try:
+            tokenizer = Tokenizer.from_pretrained(base)
+        except ValueError as err:
+            raise UsageError("--hf-model", str(err)) from None
+        say(f"base model: {base}, tokenizer vocabulary {tokenizer.vocab_size}")
+    else:
+        try:
+            tokenizer, base = prepare_base(
+                pretrain_texts,
+                args.cache,
+                seq_len=args.seq_len,
+                steps=args.pretrain_steps,
+                seed=args.seed,
+                say=say if rank_zero_only.rank == 0 else None,
+            )
+        except ValueError as err:
+            raise UsageError("--data-dir", str(err)) from None
     data = LanguageData(
         build_datasets(train_texts, tokenizer, args.seq_len),
         build_datasets(val_texts, tokenizer, args.seq_len),
@@ -243,7 +253,7 @@ def prepare(args: argparse.Namespace) -> tuple[Path, LanguageData, LMConfig]:
         tokenizer.pad_id,
     )
     check_schedule(data, args)
-    return base, data, config
+    return base, tokenizer, data
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -254,14 +264,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """
     pl.seed_everything(args.seed, workers=True, verbose=False)
     torch.set_num_threads(1 if args.accelerator == "cpu" else torch.get_num_threads())
-    base, data, config = prepare(args)
+    base, tokenizer, data = prepare(args)
     val = data.val
+    model = build_model(args, base, tokenizer, sorted(val))
     name = run_name(args)
     inherited = os.environ.get(RUN_DIR_ENV)
     run_dir = Path(inherited) if inherited else claim_run_dir(args.out, name)
-    model = MultilingualLM(
-        config, lr=args.lr, max_steps=args.steps, languages=sorted(val), base_checkpoint=base
-    )
     before = evaluate(model, val, args.batch_size) if rank_zero_only.rank == 0 else {}
     strategy = BucketMOOStrategy(
         aggregator=args.aggregator,
@@ -270,6 +278,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         granularity=args.granularity,
         seed=args.seed,
         bucket_cap_mb=args.bucket_mb,
+        # Each step uses the adapters of its languages only: DDP must expect unused ones.
+        find_unused_parameters=args.adapters == "per-language",
     )
     K = args.slots_per_rank
     trainer = pl.Trainer(
@@ -278,6 +288,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         strategy=strategy,
         accumulate_grad_batches=K,
         use_distributed_sampler=False,
+        precision=args.precision,
         max_steps=args.steps,
         val_check_interval=min(args.val_every, args.steps) * K,
         check_val_every_n_epoch=None,
@@ -291,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     say(
         f"fine-tuning: {args.steps} steps of {args.devices} x {K} microbatches of "
         f"{args.batch_size} sequences, {args.aggregator} per {args.granularity} "
-        f"({args.transport}), into {run_dir}"
+        f"({args.transport}), {describe_trainable(model, args.adapters)}, into {run_dir}"
     )
     start = time.perf_counter()
     # The ranks Lightning starts run this script again: they must write into the same folder.
@@ -301,15 +312,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if not inherited:
             os.environ.pop(RUN_DIR_ENV, None)
+    seconds = time.perf_counter() - start
     if not trainer.is_global_zero:
         return {}
+    saved = save_trained(model, tokenizer, run_dir, args.adapters)
     results = {
         "name": name,
         "run_dir": str(run_dir),
         "aggregator": args.aggregator,
         "granularity": args.granularity,
+        "adapters": args.adapters,
+        "base_model": str(base),
+        "saved": str(saved),
         "steps": args.steps,
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "val_loss_before": before,
         "val_loss": {lang: float(trainer.callback_metrics[f"val/loss/{lang}"]) for lang in val},
         "val_ppl": {lang: float(trainer.callback_metrics[f"val/ppl/{lang}"]) for lang in val},
@@ -375,6 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run_dir = Path(results["run_dir"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nrun folder: {run_dir}\n  results.json; CSV logs in csv/")
+    print("  " + describe_saved(Path(results["saved"]), results["adapters"], results["base_model"]))
     if results["wandb_dir"]:
         print(f"  W&B run: {results['wandb_dir']} (upload later with `wandb sync` if offline)")
     if not args.no_report:

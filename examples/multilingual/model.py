@@ -1,156 +1,164 @@
-"""A compact causal transformer LM in plain torch, and the LightningModule that trains it."""
+"""The example's causal LM: a ``transformers`` model, optionally with LoRA, and its LightningModule.
+
+The model is built from a small ``LlamaConfig`` (:func:`small_config`, what the example
+pretrains) or loaded from a local Hugging Face directory (:func:`load_pretrained`). LoRA comes
+from peft (:func:`with_adapters`): one adapter shared by all languages, or one per language,
+selected by each batch's language.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.nn import functional as F  # noqa: N812 (the usual torch spelling)
+from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedModel
 
-__all__ = ["LMConfig", "MultilingualLM", "TransformerLM", "causal_lm_loss", "load_state_dict_file"]
+from lightning_bmoo.adapters import activate_language, add_language_adapters
 
-PAD_ID = 0  # matches tokenizer.PAD_ID; repeated so the model does not depend on sentencepiece
+from .tokenizer import Tokenizer
 
+__all__ = [
+    "ADAPTERS",
+    "MultilingualLM",
+    "causal_lm_loss",
+    "load_pretrained",
+    "small_config",
+    "target_mask",
+    "with_adapters",
+]
 
-@dataclass(frozen=True)
-class LMConfig:
-    """Shape of :class:`TransformerLM`. The defaults give ~1.3M parameters at vocab 4096."""
-
-    vocab_size: int = 4096
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    max_seq_len: int = 128
-    mlp_ratio: int = 4
-    dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}.")
+#: ``--adapters``: train every weight, one LoRA adapter for all languages, or one per language.
+ADAPTERS = ("none", "shared", "per-language")
 
 
-class _Block(nn.Module):
-    """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+def small_config(tokenizer: Tokenizer, max_seq_len: int, **overrides: Any) -> LlamaConfig:
+    """A ~1.3M-parameter Llama (vocabulary 4096) with the tokenizer's special ids.
 
-    def __init__(self, cfg: LMConfig) -> None:
-        super().__init__()
-        self.n_heads = cfg.n_heads
-        self.dropout = cfg.dropout
-        self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
-            nn.GELU(),
-            nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model),
-        )
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
-        # Padding is always on the right, so the causal mask alone keeps real tokens from
-        # attending to it; no key-padding mask is needed.
-        attn = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
-        x = x + self.drop(self.proj(attn.transpose(1, 2).reshape(b, t, d)))
-        return x + self.drop(self.mlp(self.norm2(x)))
-
-
-class TransformerLM(nn.Module):
-    """Decoder-only LM: learned positions, pre-norm blocks, output tied to the embedding.
-
-    It registers no buffers, so DDP has nothing to broadcast in forward (and validation on
-    ranks with different batch counts issues no collectives).
+    Four layers of width 128 with 4 heads, tied input and output embeddings: the size the
+    example pretrains in a few minutes on two CPU cores. ``overrides`` go to ``LlamaConfig``.
     """
+    settings: dict[str, Any] = {
+        "vocab_size": tokenizer.vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 344,  # ~8/3 of the width, as in Llama: the MLP of a 4x GELU MLP
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": max_seq_len,
+        "tie_word_embeddings": True,
+        "pad_token_id": tokenizer.pad_id,
+        "bos_token_id": tokenizer.bos_id,
+        "eos_token_id": tokenizer.eos_id,
+    }
+    settings.update(overrides)
+    return LlamaConfig(**settings)
 
-    def __init__(self, config: LMConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_seq_len, config.d_model)
-        self.drop = nn.Dropout(config.dropout)
-        self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
-        self.norm = nn.LayerNorm(config.d_model)
-        self.apply(self._init)
-        # GPT-2's scaling: residual outputs shrink with depth so the stream's variance is stable.
-        for block in self.blocks:
-            for proj in (block.proj, block.mlp[2]):
-                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * config.n_layers))
 
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+def load_pretrained(directory: str | Path, *, dtype: Any = "auto") -> PreTrainedModel:
+    """A causal LM from a local Hugging Face directory, never from the Hub.
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits ``[batch, seq, vocab]`` for ``input_ids`` ``[batch, seq]``."""
-        t = input_ids.shape[1]
-        if t > self.config.max_seq_len:
-            raise ValueError(f"Sequence length {t} exceeds max_seq_len={self.config.max_seq_len}.")
-        pos = torch.arange(t, device=input_ids.device)
-        x = self.drop(self.tok_emb(input_ids) + self.pos_emb(pos))
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x) @ self.tok_emb.weight.T
+    Args:
+        directory: a folder ``save_pretrained`` wrote (``config.json`` and the weights).
+        dtype: as ``from_pretrained``'s (``"auto"``: the dtype of the saved weights).
 
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    Raises:
+        ValueError: if the folder holds no causal LM ``transformers`` can load, with the reason.
+    """
+    directory = Path(directory)
+    if not (directory / "config.json").is_file():
+        raise ValueError(
+            f"{directory} is no Hugging Face model folder (no config.json); pass the folder that "
+            "model.save_pretrained() wrote, with its tokenizer."
+        )
+    try:
+        return AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype=dtype)
+    except (OSError, ValueError, KeyError) as err:
+        reason = " ".join(str(err).split())  # one line: transformers' messages span several
+        raise ValueError(f"{directory} holds no loadable causal LM: {reason}") from None
+
+
+def with_adapters(
+    model: PreTrainedModel,
+    adapters: str,
+    languages: Sequence[str],
+    *,
+    rank: int = 8,
+    targets: Sequence[str] | None = None,
+) -> nn.Module:
+    """``model`` with LoRA adapters as ``adapters`` (one of :data:`ADAPTERS`) says.
+
+    Args:
+        model: the base model (frozen unless ``adapters == "none"``).
+        adapters: ``"none"`` (``model`` itself, every weight trained), ``"shared"`` (one
+            adapter for all languages) or ``"per-language"`` (one per language, named by it).
+        languages: the training languages (for ``"per-language"``).
+        rank: LoRA's rank ``r``; ``lora_alpha`` is ``2 * rank``.
+        targets: module names to adapt (default: peft's choice for the model type).
+
+    Raises:
+        ValueError: for an unknown ``adapters``.
+    """
+    if adapters not in ADAPTERS:
+        raise ValueError(f"adapters must be one of {ADAPTERS}, got {adapters!r}.")
+    if adapters == "none":
+        return model
+    config = LoraConfig(
+        r=rank,
+        lora_alpha=2 * rank,
+        lora_dropout=0.0,
+        target_modules=list(targets) if targets else None,
+        task_type="CAUSAL_LM",
+    )
+    if adapters == "shared":
+        return get_peft_model(model, config)
+    return add_language_adapters(model, sorted(languages), config)
+
+
+def target_mask(input_ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Which next-token targets ``input_ids[:, 1:]`` count: all but each row's trailing padding.
+
+    Only padding after a row's last real token counts as padding, so a tokenizer whose pad token
+    is its eos token (common in Hugging Face models) still learns the eos inside the text.
+    """
+    real = input_ids != pad_id
+    # True up to each row's last real token: a reversed running "any" along the row.
+    return real.flip(-1).cummax(-1).values.flip(-1)[:, 1:]
 
 
 def causal_lm_loss(
-    logits: torch.Tensor, input_ids: torch.Tensor, *, reduction: str = "mean"
+    logits: torch.Tensor, input_ids: torch.Tensor, pad_id: int, *, reduction: str = "mean"
 ) -> torch.Tensor:
-    """Next-token cross-entropy; targets equal to the pad id are ignored."""
-    return F.cross_entropy(
+    """Next-token cross-entropy over the targets :func:`target_mask` keeps (mean or sum)."""
+    keep = target_mask(input_ids, pad_id).reshape(-1)
+    losses = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
         input_ids[:, 1:].reshape(-1),
-        ignore_index=PAD_ID,
-        reduction=reduction,
+        reduction="none",
     )
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A :class:`TransformerLM` state dict from a file.
-
-    Accepts a plain state dict (as :mod:`.pretrain` saves) or a Lightning checkpoint of
-    :class:`MultilingualLM` (its ``state_dict`` with the ``model.`` prefix removed).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Base checkpoint {path} does not exist.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, Mapping) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
-        raise ValueError(f"{path} does not hold a state dict of tensors.")
-    prefix = "model."
-    if state and all(k.startswith(prefix) for k in state):
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-    return dict(state)
+    total = (losses * keep).sum()
+    return total if reduction == "sum" else total / keep.sum().clamp(min=1)
 
 
 class MultilingualLM(pl.LightningModule):
-    """Causal LM fine-tuning with per-language validation.
+    """Causal LM fine-tuning with per-language validation, for any ``transformers`` causal LM.
 
     Logs ``train/loss`` every step; per validation epoch ``val/loss/<lang>`` and
     ``val/ppl/<lang>`` (token-weighted over all ranks) and ``val/loss``, the mean over
     languages, so that every language counts the same whatever its token count.
 
     Args:
-        config: the model's shape (an :class:`LMConfig` or its dict); defaults when None.
+        model: a causal LM, or a peft model over one (see :func:`with_adapters`). Only its
+            parameters that require a gradient are trained.
+        pad_id: the padding id of the batches (its trailing runs are not predicted).
+        per_language: ``model`` has one adapter per language: each batch goes through its
+            language's adapter (``lightning_bmoo.adapters.activate_language``).
         lr: peak learning rate of AdamW.
         weight_decay: applied to matrices only, not to norms, biases and embeddings.
         warmup_steps: linear warm-up from 0 to ``lr``.
@@ -160,74 +168,62 @@ class MultilingualLM(pl.LightningModule):
             them here when a rank's validation batches might miss a language
             (:func:`.data.build_val_loader` never does); by default each rank uses the languages
             it saw.
-        base_checkpoint: a base state dict file to start from (see :meth:`load_base`).
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
+
+    Raises:
+        TypeError: if ``per_language`` is set and ``model`` is no peft model.
     """
 
     def __init__(
         self,
-        config: LMConfig | Mapping[str, Any] | None = None,
+        model: nn.Module,
         *,
+        pad_id: int,
+        per_language: bool = False,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 20,
         max_steps: int | None = None,
         min_lr_ratio: float = 0.1,
         languages: Sequence[str] | None = None,
-        base_checkpoint: str | Path | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        cfg = config if isinstance(config, LMConfig) else LMConfig(**(config or {}))
-        # Saved as a plain dict (read from this frame's locals), so checkpoints reload without
-        # unpickling the dataclass; the base file is not needed once the weights are loaded.
-        config = asdict(cfg)
-        self.save_hyperparameters(ignore=["base_checkpoint"])
-        self.model = TransformerLM(cfg)
+        if per_language and not isinstance(model, PeftModel):
+            raise TypeError(
+                "per_language=True needs a peft model with one adapter per language "
+                "(lightning_bmoo.adapters.add_language_adapters)."
+            )
+        self.save_hyperparameters(ignore=["model"])
+        # from_pretrained returns a model in eval mode, and Lightning keeps each module's mode
+        # as it finds it: without this, dropout and gradient checkpointing would stay off.
+        self.model = model.train()
+        self.pad_id, self.per_language = pad_id, per_language
         self.lr, self.weight_decay = lr, weight_decay
         self.warmup_steps, self.max_steps, self.min_lr_ratio = warmup_steps, max_steps, min_lr_ratio
         self.languages = sorted(languages) if languages is not None else None
         self._val_sums: dict[str, torch.Tensor] = {}
-        if base_checkpoint is not None:
-            self.load_base(base_checkpoint)
+        if gradient_checkpointing:
+            base = model.get_base_model() if isinstance(model, PeftModel) else model
+            # Non-reentrant: the frozen embeddings' output needs no grad for it to work.
+            base.activation_checkpointing_enable({"use_reentrant": False})
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids)
+    def forward(self, input_ids: torch.Tensor, language: str | None = None) -> torch.Tensor:
+        """Logits ``[batch, seq, vocab]``, through ``language``'s adapter with per-language LoRA."""
+        if self.per_language:
+            if language is None:
+                raise ValueError("A model with per-language adapters needs the batch's language.")
+            activate_language(self.model, language)
+        return self.model(input_ids=input_ids, use_cache=False).logits  # no generation here
 
-    def load_base(self, checkpoint_path: str | Path) -> None:
-        """Initialises the weights from a base model's state dict file.
-
-        Raises:
-            ValueError: if parameters are missing, unexpected or of another shape, e.g. a base
-                trained with another tokenizer (vocabulary size) or model shape.
-        """
-        state = load_state_dict_file(checkpoint_path)
-        own = self.model.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        shapes = [
-            f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in own.items()
-            if k in state and state[k].shape != v.shape
-        ]
-        if missing or unexpected or shapes:
-            details = "; ".join(
-                part
-                for part in (
-                    f"missing {missing[:5]}" if missing else "",
-                    f"unexpected {unexpected[:5]}" if unexpected else "",
-                    f"shape mismatch {shapes[:5]}" if shapes else "",
-                )
-                if part
-            )
-            raise ValueError(
-                f"Base checkpoint {checkpoint_path} does not fit this model ({details}). The "
-                "base must be trained with the same tokenizer (vocab_size) and LMConfig "
-                f"({self.model.config})."
-            )
-        self.model.load_state_dict(state)
+    def loss_sum(self, input_ids: torch.Tensor, language: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(summed loss, predicted tokens)`` of a batch: exact token-weighted means add up."""
+        loss = causal_lm_loss(self(input_ids, language), input_ids, self.pad_id, reduction="sum")
+        return loss, target_mask(input_ids, self.pad_id).sum()
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         input_ids = batch["input_ids"]
-        loss = causal_lm_loss(self.model(input_ids), input_ids)
+        loss = causal_lm_loss(self(input_ids, batch.get("language")), input_ids, self.pad_id)
         self.log("train/loss", loss, prog_bar=True, batch_size=input_ids.shape[0])
         return loss
 
@@ -235,9 +231,8 @@ class MultilingualLM(pl.LightningModule):
         self._val_sums = {}
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        input_ids, lang = batch["input_ids"], batch["language"]
-        loss_sum = causal_lm_loss(self.model(input_ids), input_ids, reduction="sum")
-        tokens = (input_ids[:, 1:] != PAD_ID).sum()
+        lang = batch["language"]
+        loss_sum, tokens = self.loss_sum(batch["input_ids"], lang)
         sums = self._val_sums.setdefault(lang, torch.zeros(2, dtype=torch.float64))
         sums += torch.stack([loss_sum.detach().double().cpu(), tokens.double().cpu()])
 
@@ -266,7 +261,8 @@ class MultilingualLM(pl.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and "emb" not in name else no_decay).append(p)
+            if p.requires_grad:
+                (decay if p.dim() >= 2 and "embed" not in name else no_decay).append(p)
         optimizer = torch.optim.AdamW(
             [
                 {"params": decay, "weight_decay": self.weight_decay},

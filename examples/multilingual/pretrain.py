@@ -1,11 +1,12 @@
 """The base model the example fine-tunes: a short single-process pretraining run, cached.
 
 Fine-tuning needs a model that already knows the languages a little, as a real LLM would.
-:func:`pretrain_base` trains :class:`.model.TransformerLM` with plain Lightning on mixed-language
-batches and saves its state dict as ``base-<hash>.pt`` (with a ``.json`` of its settings and
-final loss); the hash covers the tokenizer, the text and every setting, so a second run with
-the same ones loads the file instead. :func:`prepare_base` does the whole stage (tokenizer and
-base model) on any text, saying what it does, or takes a checkpoint you pass instead::
+:func:`pretrain_base` trains a small ``transformers`` Llama (:func:`.model.small_config`) with
+plain Lightning on mixed-language batches and saves it with its tokenizer as a Hugging Face
+folder ``base-<hash>/`` (``save_pretrained``, plus ``pretraining.json``: its settings and final
+loss); the hash covers the tokenizer, the text and every setting, so a second run with the same
+ones loads the folder instead. :func:`prepare_base` does the whole stage (tokenizer and base
+model) on any text, saying what it does. The folder is what ``--hf-model`` takes::
 
     python -m examples.multilingual.pretrain --languages en fr ru ar --cache-dir .cache/ml
 """
@@ -16,28 +17,31 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader
+from transformers import LlamaForCausalLM
 
 from lightning_bmoo.callbacks import StepProgressBar
 
 from .data import build_datasets
-from .model import LMConfig, MultilingualLM
+from .model import MultilingualLM, small_config
 from .quiet import lightning_quiet, silence_known_noise
 from .texts import BIBLE_TRANSLATIONS, load_bible
 from .tokenizer import Tokenizer, train_tokenizer
 
-__all__ = ["base_path", "check_base", "prepare_base", "pretrain_base"]
+__all__ = ["INFO_FILE", "base_path", "prepare_base", "pretrain_base"]
 
 _DEFAULT_STEPS = 300
+#: What a pretrained base folder says about its training (settings, losses, time).
+INFO_FILE = "pretraining.json"
 
 
 def pretrain_base(
@@ -45,7 +49,8 @@ def pretrain_base(
     tokenizer: Tokenizer,
     cache_dir: str | Path,
     *,
-    config: LMConfig | None = None,
+    seq_len: int = 128,
+    config: Mapping[str, Any] | None = None,
     steps: int = _DEFAULT_STEPS,
     batch_size: int = 16,
     lr: float = 2e-3,
@@ -58,23 +63,26 @@ def pretrain_base(
     Args:
         texts: ``{language: [text, ...]}``, the pretraining text.
         tokenizer: the tokenizer fine-tuning will use too.
-        cache_dir: where ``base-<hash>.pt`` (state dict) and ``base-<hash>.json`` go.
-        config: model shape; its ``vocab_size`` is set from the tokenizer.
+        cache_dir: where the ``base-<hash>/`` folders go.
+        seq_len: tokens per sequence (and the model's maximum).
+        config: ``LlamaConfig`` settings overriding :func:`.model.small_config`'s.
         steps, batch_size, lr, warmup_steps, seed: the training run (warm-up, then cosine).
         progress: show a progress bar (in optimizer steps) while training.
 
     Returns:
-        The state dict file, loadable with :meth:`.model.MultilingualLM.load_base`; see
-        :func:`base_path` for where it is before it exists.
+        The model folder (model, tokenizer and ``pretraining.json``), loadable with
+        ``AutoModelForCausalLM.from_pretrained``; see :func:`base_path` for where it is before
+        it exists.
     """
-    config = replace(config or LMConfig(), vocab_size=tokenizer.vocab_size)
-    settings = _settings(texts, tokenizer, config, steps, batch_size, lr, warmup_steps, seed)
+    settings = _settings(
+        texts, tokenizer, seq_len, config, steps, batch_size, lr, warmup_steps, seed
+    )
     path = _path(cache_dir, settings)
-    if path.is_file():
+    if (path / INFO_FILE).is_file():
         return path
 
     start = time.perf_counter()
-    datasets = build_datasets(texts, tokenizer, config.max_seq_len)
+    datasets = build_datasets(texts, tokenizer, seq_len)
     loader = DataLoader(
         ConcatDataset(list(datasets.values())),
         batch_size=batch_size,
@@ -83,7 +91,10 @@ def pretrain_base(
         generator=torch.Generator().manual_seed(seed),
     )
     torch.manual_seed(seed)  # the model's initial weights
-    module = MultilingualLM(config, lr=lr, warmup_steps=warmup_steps, max_steps=steps)
+    model = LlamaForCausalLM(small_config(tokenizer, seq_len, **(config or {})))
+    module = MultilingualLM(
+        model, pad_id=tokenizer.pad_id, lr=lr, warmup_steps=warmup_steps, max_steps=steps
+    )
     trace = _LossTrace()
     with lightning_quiet():  # which devices exist, why fit stopped: nothing to act on here
         trainer = pl.Trainer(
@@ -105,12 +116,17 @@ def pretrain_base(
         **settings,
         "languages": sorted(texts),
         "sequences": {lang: len(ds) for lang, ds in datasets.items()},
-        "parameters": module.model.num_parameters(),
+        "parameters": model.num_parameters(),
         "final_train_loss": sum(tail) / len(tail),
         "seconds": round(time.perf_counter() - start, 1),
     }
-    _write_atomic(path, lambda f: torch.save(module.model.state_dict(), f))
-    _write_atomic(path.with_suffix(".json"), lambda f: f.write(json.dumps(info, indent=2).encode()))
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / INFO_FILE).write_text(json.dumps(info, indent=2))
+
+    _write_folder_atomic(path, write)
     return path
 
 
@@ -119,7 +135,8 @@ def base_path(
     tokenizer: Tokenizer,
     cache_dir: str | Path,
     *,
-    config: LMConfig | None = None,
+    seq_len: int = 128,
+    config: Mapping[str, Any] | None = None,
     steps: int = _DEFAULT_STEPS,
     batch_size: int = 16,
     lr: float = 2e-3,
@@ -127,23 +144,27 @@ def base_path(
     seed: int = 0,
 ) -> Path:
     """Where :func:`pretrain_base` with the same arguments keeps its model (it may not exist)."""
-    config = replace(config or LMConfig(), vocab_size=tokenizer.vocab_size)
-    settings = _settings(texts, tokenizer, config, steps, batch_size, lr, warmup_steps, seed)
+    settings = _settings(
+        texts, tokenizer, seq_len, config, steps, batch_size, lr, warmup_steps, seed
+    )
     return _path(cache_dir, settings)
 
 
 def _settings(
     texts: Mapping[str, Sequence[str]],
     tokenizer: Tokenizer,
-    config: LMConfig,
+    seq_len: int,
+    config: Mapping[str, Any] | None,
     steps: int,
     batch_size: int,
     lr: float,
     warmup_steps: int,
     seed: int,
 ) -> dict[str, Any]:
+    shape = small_config(tokenizer, seq_len, **(config or {})).to_diff_dict()
+    shape.pop("transformers_version", None)  # the model, not the library that describes it
     return {
-        "config": asdict(config),
+        "config": shape,
         "steps": steps,
         "batch_size": batch_size,
         "lr": lr,
@@ -156,26 +177,13 @@ def _settings(
 
 def _path(cache_dir: str | Path, settings: Mapping[str, Any]) -> Path:
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    return Path(cache_dir) / f"base-{key}.pt"
-
-
-def check_base(checkpoint: str | Path, config: LMConfig) -> Path:
-    """Checks that ``checkpoint`` exists and fits a model of shape ``config``; returns its path.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if it is no state dict or does not fit (another vocabulary or shape).
-    """
-    MultilingualLM(config).load_base(checkpoint)
-    return Path(checkpoint)
+    return Path(cache_dir) / f"base-{key}"
 
 
 def prepare_base(
     texts: Mapping[str, Sequence[str]],
     cache_dir: str | Path,
     *,
-    checkpoint: str | Path | None = None,
-    config: LMConfig | None = None,
     say: Callable[[str], None] | None = None,
     **pretrain_kwargs: Any,
 ) -> tuple[Tokenizer, Path]:
@@ -188,38 +196,28 @@ def prepare_base(
         texts: ``{language: [text, ...]}``, the pretraining text (e.g. ``load_bible(langs,
             "pretrain")``).
         cache_dir: cache of the tokenizer and base models.
-        checkpoint: your own base state dict, used instead of pretraining (checked to fit).
-        config: model shape (``vocab_size`` comes from the tokenizer).
         say: gets one line per stage (what was cached, what is trained, where it is); while
             pretraining a progress bar shows its steps. Silent when None.
-        **pretrain_kwargs: further :func:`pretrain_base` arguments (``steps``, ``seed``...).
+        **pretrain_kwargs: further :func:`pretrain_base` arguments (``seq_len``, ``steps``...).
 
     Returns:
-        ``(tokenizer, base_checkpoint_path)``.
+        ``(tokenizer, base model folder)``.
     """
     start = time.perf_counter()
     tokenizer = train_tokenizer(texts, cache_dir)
     how = "cached" if tokenizer.from_cache else f"trained in {time.perf_counter() - start:.1f} s"
     if say:
         say(f"tokenizer: {how}, vocabulary {tokenizer.vocab_size} ({tokenizer.path})")
-    config = replace(config or LMConfig(), vocab_size=tokenizer.vocab_size)
-    if checkpoint is not None:
-        path = check_base(checkpoint, config)
-        if say:
-            say(f"base model: your checkpoint {path}")
-        return tokenizer, path
-    path = base_path(texts, tokenizer, cache_dir, config=config, **pretrain_kwargs)
+    path = base_path(texts, tokenizer, cache_dir, **pretrain_kwargs)
     if say:
         steps = pretrain_kwargs.get("steps", _DEFAULT_STEPS)
         say(
             f"base model: cached ({path})"
-            if path.is_file()
+            if (path / INFO_FILE).is_file()
             else f"pretraining base: {steps} steps on {len(texts)} languages, once (cached as "
             f"{path})"
         )
-    path = pretrain_base(
-        texts, tokenizer, cache_dir, config=config, progress=say is not None, **pretrain_kwargs
-    )
+    path = pretrain_base(texts, tokenizer, cache_dir, progress=say is not None, **pretrain_kwargs)
     return tokenizer, path
 
 
@@ -242,13 +240,19 @@ def _text_digest(texts: Mapping[str, Sequence[str]]) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, write: Any) -> None:
-    # Concurrent runs (or DDP ranks) may build the same base: readers must never see half a file.
+def _write_folder_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    # Concurrent runs (or DDP ranks) may build the same base: readers must never see half a
+    # folder. A rename is atomic; whoever renames second keeps the first one's (equal) folder.
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, suffix=".tmp"))
+    try:
+        write(tmp)
+        os.rename(tmp, path)
+    except OSError:
+        if not (path / INFO_FILE).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -260,7 +264,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--languages", nargs="+", default=list(BIBLE_TRANSLATIONS), help="Bible languages"
     )
     parser.add_argument("--cache-dir", default=".cache/multilingual", help="models are kept here")
-    parser.add_argument("--checkpoint", help="use this base state dict instead of pretraining")
     parser.add_argument("--steps", type=int, default=_DEFAULT_STEPS, help="optimizer steps")
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per step")
     parser.add_argument(
@@ -277,18 +280,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     _, path = prepare_base(
         texts,
         args.cache_dir,
-        checkpoint=args.checkpoint,
         steps=args.steps,
         batch_size=args.batch_size,
         say=print,
     )
-    info = path.with_suffix(".json")
-    if info.is_file():
-        meta = json.loads(info.read_text())
-        print(
-            f"{meta['parameters']:,} parameters, {meta['steps']} steps in {meta['seconds']} s, "
-            f"final train loss {meta['final_train_loss']:.3f}"
-        )
+    meta = json.loads((path / INFO_FILE).read_text())
+    print(
+        f"{meta['parameters']:,} parameters, {meta['steps']} steps in {meta['seconds']} s, "
+        f"final train loss {meta['final_train_loss']:.3f}; a Hugging Face model folder: "
+        f"--hf-model {path}"
+    )
 
 
 if __name__ == "__main__":

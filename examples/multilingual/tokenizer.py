@@ -1,4 +1,11 @@
-"""A SentencePiece BPE tokenizer shared by all languages, trained once and cached on disk."""
+"""The example's tokenizer, always a Hugging Face one: trained here, or a local model's own.
+
+:func:`train_tokenizer` trains a SentencePiece BPE model on the pretraining text (once per text
+and options, cached on disk) and wraps it as a ``transformers`` fast tokenizer that encodes
+exactly as SentencePiece does; :meth:`Tokenizer.from_pretrained` reads the tokenizer saved with
+a local model. Either way :class:`Tokenizer` gives the data pipeline the ids it needs and is
+saved next to the model (``save_pretrained``), loadable with ``AutoTokenizer``.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import sentencepiece as spm
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
 __all__ = ["BOS_ID", "EOS_ID", "PAD_ID", "UNK_ID", "Tokenizer", "train_tokenizer"]
 
-# Fixed ids: padding is 0 so that zero-padding collates (collate_with_language's default) and
-# the loss's ignore_index agree without passing the id around.
+# Fixed ids of the trained tokenizer: padding is 0 so that zero-padding collates
+# (collate_with_language's default) without passing the id around.
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_SPECIAL = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 
 DEFAULT_OPTIONS: dict[str, Any] = {
     "model_type": "bpe",
@@ -35,41 +45,92 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 
 
 class Tokenizer:
-    """A loaded SentencePiece model with the example's fixed special ids."""
+    """A Hugging Face tokenizer with the ids the example's data pipeline needs.
 
-    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+    Args:
+        hf: the tokenizer. It needs an eos token (it ends every text); without a pad token, eos
+            pads too, and without a bos token eos starts unpacked texts.
+        fingerprint: a hash of it for cache keys (default: computed from its vocabulary).
 
-    def __init__(self, model: bytes | str | Path) -> None:
-        self.model_bytes = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.path = None if isinstance(model, bytes) else Path(model)
-        #: Whether :func:`train_tokenizer` found this model in its cache.
-        self.from_cache = False
-        self.sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
-        if (self.sp.pad_id(), self.sp.eos_id()) != (PAD_ID, EOS_ID):
+    Raises:
+        ValueError: if ``hf`` has no eos token.
+    """
+
+    def __init__(self, hf: PreTrainedTokenizerBase, fingerprint: str | None = None) -> None:
+        if hf.eos_token_id is None:
             raise ValueError(
-                f"The SentencePiece model has pad id {self.sp.pad_id()} and eos id "
-                f"{self.sp.eos_id()}, but this example expects {PAD_ID} and {EOS_ID}: train it "
-                "with train_tokenizer()."
+                f"The tokenizer {type(hf).__name__} has no eos token; the example ends every "
+                "text with it. Set one (tokenizer.eos_token = ...) and save it with the model."
             )
+        self.hf = hf
+        self.eos_id: int = hf.eos_token_id
+        self.pad_id: int = hf.pad_token_id if hf.pad_token_id is not None else self.eos_id
+        self.bos_id: int = hf.bos_token_id if hf.bos_token_id is not None else self.eos_id
+        self._fingerprint = fingerprint
+        #: The SentencePiece model file (tokenizers from :func:`train_tokenizer` only).
+        self.path: Path | None = None
+        #: Whether :func:`train_tokenizer` found the SentencePiece model in its cache.
+        self.from_cache = False
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> Tokenizer:
+        """The tokenizer saved in a local model folder (never from the Hub).
+
+        Raises:
+            ValueError: if the folder has no tokenizer, or it has no eos token.
+        """
+        try:
+            hf = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError) as err:
+            reason = " ".join(str(err).split())  # one line: transformers' messages span several
+            raise ValueError(f"{directory} holds no loadable tokenizer: {reason}") from None
+        if isinstance(hf, bool) or not isinstance(hf, PreTrainedTokenizerBase):
+            raise ValueError(f"{directory} holds no tokenizer (got {type(hf).__name__}).")
+        return cls(hf)
 
     @property
     def vocab_size(self) -> int:
-        return self.sp.get_piece_size()
+        """Ids in use, added tokens included (the model's embedding needs at least this many)."""
+        return len(self.hf)
 
     @property
     def fingerprint(self) -> str:
-        """Hash of the model, for cache keys of anything trained on its ids."""
-        return hashlib.sha256(self.model_bytes).hexdigest()[:16]
+        """Hash of the tokenizer, for cache keys of anything trained on its ids."""
+        if self._fingerprint is None:
+            backend = getattr(self.hf, "backend_tokenizer", None)
+            text = backend.to_str() if backend is not None else json.dumps(self.hf.get_vocab())
+            self._fingerprint = hashlib.sha256(text.encode()).hexdigest()[:16]
+        return self._fingerprint
 
     def encode(self, texts: str | list[str]) -> list[int] | list[list[int]]:
         """Token ids of one text or of each of a list (no special tokens added)."""
-        return self.sp.encode(texts)
+        out = self.hf(texts, add_special_tokens=False, return_attention_mask=False)
+        return out["input_ids"]
 
     def decode(self, ids: Sequence[int] | Sequence[Sequence[int]]) -> str | list[str]:
-        """Text of one id sequence or of each of a list; padding is dropped."""
+        """Text of one id sequence or of each of a list; special tokens (padding) are dropped."""
         if ids and not isinstance(ids[0], int):
             return [self.decode(x) for x in ids]  # type: ignore[misc]
-        return self.sp.decode([int(i) for i in ids if int(i) != PAD_ID])
+        return self.hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Writes the tokenizer next to a model (``AutoTokenizer.from_pretrained`` reads it)."""
+        self.hf.save_pretrained(directory)
+
+
+def from_sentencepiece(model: bytes) -> PreTrainedTokenizerFast:
+    """A fast Hugging Face tokenizer that encodes exactly as the SentencePiece ``model``.
+
+    Built with ``transformers``' SentencePiece converter, which follows the model's normaliser
+    (NFKC, whitespace) and ranks the BPE merges by piece score.
+    """
+    proto = import_protobuf().ModelProto()
+    proto.ParseFromString(model)
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    # legacy=True prepends the dummy prefix to every text, as SentencePiece does, even when
+    # normalisation removes the first character (a left-to-right mark in the Arabic Bible).
+    backend = SpmConverter.build_tokenizer_from_spm_proto(proto, vocab, legacy=True)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **_SPECIAL)
 
 
 def train_tokenizer(
@@ -92,36 +153,40 @@ def train_tokenizer(
             (e.g. ``vocab_size``).
 
     Returns:
-        The tokenizer; ``tokenizer.path`` is the cached model file.
+        The tokenizer (pad 0, unk 1, bos 2, eos 3); ``tokenizer.path`` is the cached model.
+
+    Raises:
+        ValueError: if there is no text, or SentencePiece cannot train on it.
     """
     sentences = _sample(texts, max_sentences_per_language)
     if not sentences:
         raise ValueError("No text to train the tokenizer on.")
     opts = {**DEFAULT_OPTIONS, **options}
     path = Path(cache_dir) / f"spm-{_digest(sentences, opts)}.model"
-    if path.is_file():
-        tokenizer = Tokenizer(path)
-        tokenizer.from_cache = True
-        return tokenizer
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(sentences),
-            model_writer=model,
-            pad_id=PAD_ID,
-            unk_id=UNK_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            num_threads=min(4, os.cpu_count() or 1),
-            minloglevel=2,
-            **opts,
-        )
-    except RuntimeError as err:
-        raise ValueError(
-            f"SentencePiece could not train on {len(sentences)} texts with {opts}: {err}"
-        ) from err
-    _write_atomic(path, model.getvalue())
-    return Tokenizer(path)
+    from_cache = path.is_file()
+    if not from_cache:
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sentences),
+                model_writer=model,
+                pad_id=PAD_ID,
+                unk_id=UNK_ID,
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                num_threads=min(4, os.cpu_count() or 1),
+                minloglevel=2,
+                **opts,
+            )
+        except RuntimeError as err:
+            raise ValueError(
+                f"SentencePiece could not train on {len(sentences)} texts with {opts}: {err}"
+            ) from err
+        _write_atomic(path, model.getvalue())
+    data = path.read_bytes()
+    tokenizer = Tokenizer(from_sentencepiece(data), hashlib.sha256(data).hexdigest()[:16])
+    tokenizer.path, tokenizer.from_cache = path, from_cache
+    return tokenizer
 
 
 def _sample(texts: Mapping[str, Sequence[str]] | Iterable[str], limit: int | None) -> list[str]:

@@ -46,7 +46,10 @@ def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--aggregator-option", "c"], "--aggregator-option", "expected KEY=VALUE, got 'c'"),
         (["--aggregator-option", "c=0.5"], "--aggregator-option", "'c'"),
         (["--name", "a/b"], "--name", "cannot name a folder"),
-        (["--base-checkpoint", "no/such.pt"], "--base-checkpoint", "does not exist"),
+        (["--hf-model", "no/such"], "--hf-model", "is no Hugging Face model folder"),
+        (["--adapters", "all"], "--adapters", "invalid choice: 'all'"),
+        (["--lora-rank", "0"], "--lora-rank", "must be an integer >= 1, got 0"),
+        (["--precision", "8-true"], "--precision", "invalid choice: '8-true'"),
         (["--data-dir", "no/such/folder"], "--data-dir", "is not a folder"),
     ],
 )
@@ -89,6 +92,34 @@ def test_languages_with_data_dir_must_be_files_there(tmp_path, capsys):
     folder = write(tmp_path / "data", {"en.txt": LINES, "de.txt": LINES})
     line = fails(["--data-dir", str(folder), "--languages", "en", "sw"], capsys)
     assert "argument --languages: ['sw'] have no file in" in line
+
+
+def test_a_model_folder_that_does_not_fit_fails_naming_the_option(tmp_path, capsys):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from examples.multilingual.tokenizer import train_tokenizer
+
+    folder = write(tmp_path / "data", {"en.txt": LINES, "de.txt": LINES})
+    tokenizer = train_tokenizer({"en": LINES.splitlines()}, tmp_path / "spm", vocab_size=300)
+    config = LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=16, intermediate_size=32,
+        num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "model")
+    capsys.readouterr()  # transformers' progress bar
+    common = ["--data-dir", str(folder), "--hf-model", str(tmp_path / "model")]
+    line = fails(common, capsys)  # a model folder without its tokenizer
+    assert "argument --hf-model: " in line and "holds no loadable tokenizer" in line
+    tokenizer.save_pretrained(tmp_path / "model")
+    line = fails([*common, "--seq-len", "32", "--batch-size", "1"], capsys)
+    assert "argument --seq-len: 32 exceeds the model's 16 positions" in line
+    line = fails([*common, "--seq-len", "8", "--batch-size", "1", "--adapters", "shared",
+                  "--lora-targets", "no_such_proj"], capsys)  # fmt: skip
+    assert "argument --lora-targets: " in line and "no_such_proj" in line
+    dotted = write(tmp_path / "dotted", {"en.US.txt": LINES, "de.txt": LINES})
+    line = fails(["--data-dir", str(dotted), "--hf-model", str(tmp_path / "model"), "--seq-len",
+                  "8", "--batch-size", "1", "--adapters", "per-language"], capsys)  # fmt: skip
+    assert "argument --data-dir: Language 'en.US' cannot name a peft adapter" in line
 
 
 def test_help_shows_each_default_once_and_never_none():

@@ -13,7 +13,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
+from examples.multilingual.cli import build_parser
+from examples.multilingual.data import build_datasets
+from examples.multilingual.finetune import evaluate
+from examples.multilingual.finetuned import build_model, save_trained
+from examples.multilingual.model import MultilingualLM, small_config
+from examples.multilingual.texts import holdout_split, load_folder
+from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
+from lightning_bmoo.adapters import load_language_adapters
 from tests.launch_env import ROOT, launch_env
 
 SENTENCES = {
@@ -70,3 +81,71 @@ def test_two_runs_keep_both_results_and_say_where(data_dir: Path, tmp_path: Path
     # The table says what its numbers are and that there is no baseline.
     assert "| language | before | after | change | perplexity after |" in second
     assert "no plain-averaging baseline" in second
+    # The fine-tuned model is a Hugging Face folder that reproduces the run's validation loss.
+    results = json.loads((runs[0] / "results.json").read_text())
+    assert results["saved"] == str(runs[0] / "model") and "fine-tuned model: model/" in first
+    model = AutoModelForCausalLM.from_pretrained(results["saved"], local_files_only=True)
+    assert_reproduces(results, model, data_dir, per_language=False)
+
+
+def assert_reproduces(results: dict, model, data_dir: Path, *, per_language: bool) -> None:
+    """The saved model gives the validation losses the run reported, on the same data."""
+    tokenizer = Tokenizer.from_pretrained(results["saved"])
+    _, val = holdout_split(load_folder(data_dir), 0.1, seed=0)
+    datasets = build_datasets(val, tokenizer, 32)
+    module = MultilingualLM(model, pad_id=tokenizer.pad_id, per_language=per_language)
+    losses = evaluate(module, datasets, 2)
+    assert losses == pytest.approx(results["val_loss"], rel=1e-4)
+    assert losses != pytest.approx(results["val_loss_before"], rel=1e-4)  # it did train
+
+
+def tiny_model_folder(data_dir: Path, folder: Path) -> Path:
+    """A small random Llama and a tokenizer trained on the data: a user's --hf-model."""
+    tokenizer = train_tokenizer(load_folder(data_dir), folder / "spm", vocab_size=400)
+    config = small_config(tokenizer, 32, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder / "model")
+    tokenizer.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def test_per_language_adapters_of_a_local_model_are_saved_loadable(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    base = tiny_model_folder(data_dir, tmp_path)
+    out = finetune(
+        "--data-dir", str(data_dir), "--hf-model", str(base), "--adapters", "per-language",
+        "--out", str(tmp_path / "runs"), "--steps", "3", "--seq-len", "32", "--batch-size", "2",
+        "--val-every", "3", "--logger", "csv", "--no-report", "--devices", "2",
+        "--lr", "0.01", "--lora-rank", "2",
+    )  # fmt: skip
+    run = next((tmp_path / "runs").glob("*lora_per-language*/version_0"))
+    results = json.loads((run / "results.json").read_text())
+    assert results["base_model"] == str(base) and "LoRA adapters: adapters/<language>/" in out
+    saved = Path(results["saved"]).glob("*/adapter_config.json")
+    assert sorted(p.parent.name for p in saved) == sorted(WORDS)  # adapters/<lang>/
+    fresh = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    model = load_language_adapters(fresh, results["saved"])
+    assert sorted(model.peft_config) == sorted(WORDS)
+    assert_reproduces(results, model, data_dir, per_language=True)
+
+
+def test_a_shared_adapter_is_saved_loadable(data_dir: Path, tmp_path: Path) -> None:
+    # In-process, no training: save_trained and the shared adapter's folder (a run as above
+    # costs ~20 s of suite time for what the per-language run already covers).
+    base = tiny_model_folder(data_dir, tmp_path)
+    args = build_parser().parse_args(["--hf-model", str(base), "--adapters", "shared",
+                                      "--seq-len", "32", "--lora-rank", "2"])  # fmt: skip
+    tokenizer = Tokenizer.from_pretrained(base)
+    module = build_model(args, base, tokenizer, sorted(WORDS))
+    with torch.no_grad():
+        for p in module.model.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # as if trained: the adapter changes the output
+    folder = save_trained(module, tokenizer, tmp_path / "run", "shared")
+    assert folder.name == "adapter" and (folder / "adapter_config.json").is_file()
+    fresh = AutoModelForCausalLM.from_pretrained(base, local_files_only=True)
+    loaded = PeftModel.from_pretrained(fresh, folder)
+    ids = torch.tensor([tokenizer.encode(SENTENCES["en"])])
+    torch.testing.assert_close(loaded(input_ids=ids).logits, module(ids))
+    assert Tokenizer.from_pretrained(folder).encode("the book") == tokenizer.encode("the book")

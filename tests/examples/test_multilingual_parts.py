@@ -12,6 +12,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from torch.nn import functional as F  # noqa: N812
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from examples.multilingual import model, pretrain, texts
 from examples.multilingual.data import (
@@ -20,7 +22,14 @@ from examples.multilingual.data import (
     build_train_loader,
     build_val_loader,
 )
-from examples.multilingual.model import LMConfig, MultilingualLM, TransformerLM, causal_lm_loss
+from examples.multilingual.model import (
+    MultilingualLM,
+    causal_lm_loss,
+    load_pretrained,
+    small_config,
+    target_mask,
+    with_adapters,
+)
 from examples.multilingual.texts import holdout_split, load_folder
 from examples.multilingual.tokenizer import Tokenizer, train_tokenizer
 
@@ -30,7 +39,6 @@ SENTENCES = {
     "ar": "وقال الرب لهم اذهبوا وانظروا ما هو مكتوب في سفر الحياة",
 }
 WORDS = {lang: sentence.split() for lang, sentence in SENTENCES.items()}
-TINY = LMConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=16)
 
 
 def small_corpus(n: int = 200, seed: int = 0) -> dict[str, list[str]]:
@@ -158,7 +166,7 @@ def test_load_folder_drops_a_byte_order_mark(tmp_path: Path) -> None:
 
 
 def test_tokenizer_round_trip_and_special_ids(tok: Tokenizer) -> None:
-    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
+    assert (tok.pad_id, tok.hf.unk_token_id, tok.bos_id, tok.eos_id) == (0, 1, 2, 3)
     assert tok.vocab_size == 400
     for text in ("the book of life", "в книге жизни", "في سفر الحياة"):
         ids = tok.encode(text)
@@ -168,6 +176,36 @@ def test_tokenizer_round_trip_and_special_ids(tok: Tokenizer) -> None:
     # Characters never seen still round-trip, through byte fallback.
     assert tok.decode(tok.encode("漢字 ✓")) == "漢字 ✓"
     assert tok.decode(tok.encode(["a b", "и"])) == ["a b", "и"]
+
+
+def test_hf_tokenizer_encodes_as_sentencepiece_on_every_bible(tmp_path: Path) -> None:
+    import sentencepiece as spm
+
+    pretraining = texts.load_bible(None, "pretrain", max_verses=1000)
+    tokenizer = train_tokenizer(pretraining, tmp_path, vocab_size=1000)
+    reference = spm.SentencePieceProcessor(model_file=str(tokenizer.path))
+    for lang, verses in texts.load_bible(None, "finetune", max_verses=1500).items():
+        # Some Arabic verses start with a left-to-right mark that normalisation removes.
+        assert tokenizer.encode(verses) == reference.encode(verses), lang
+    saved = tmp_path / "saved"
+    tokenizer.save_pretrained(saved)
+    again = Tokenizer.from_pretrained(saved)
+    assert (again.pad_id, again.bos_id, again.eos_id) == (0, 2, 3)
+    assert again.encode(verses[:50]) == reference.encode(verses[:50])
+
+
+def test_tokenizer_from_a_model_folder_falls_back_to_eos(tmp_path: Path) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    hf = train_tokenizer(small_corpus(), tmp_path, vocab_size=400).hf
+    no_pad = PreTrainedTokenizerFast(tokenizer_object=hf.backend_tokenizer, eos_token="</s>")
+    no_pad.save_pretrained(tmp_path / "model")
+    tokenizer = Tokenizer.from_pretrained(tmp_path / "model")
+    assert tokenizer.pad_id == tokenizer.bos_id == tokenizer.eos_id == 3
+    with pytest.raises(ValueError, match="has no eos token"):
+        Tokenizer(PreTrainedTokenizerFast(tokenizer_object=hf.backend_tokenizer))
+    with pytest.raises(ValueError, match="holds no loadable tokenizer"):
+        Tokenizer.from_pretrained(tmp_path / "nothing")
 
 
 def test_tokenizer_is_cached_by_text_and_options(tok: Tokenizer, tmp_path: Path) -> None:
@@ -262,76 +300,89 @@ def test_val_dataloader_deals_each_language_over_ranks() -> None:
 # ---- model --------------------------------------------------------------------------------------
 
 
-def test_default_model_size_and_tied_output() -> None:
-    lm = TransformerLM(LMConfig())
+def tiny_config(**overrides: object) -> LlamaConfig:
+    settings = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+    return small_config(IdTokenizerHF(), 16, **{**settings, **overrides})
+
+
+class IdTokenizerHF(IdTokenizer):
+    """IdTokenizer with the vocabulary size small_config reads."""
+
+    vocab_size = 64
+
+
+def test_default_model_size_and_tied_output(tok: Tokenizer) -> None:
+    config = small_config(tok, 128)
+    assert (config.pad_token_id, config.bos_token_id, config.eos_token_id) == (0, 2, 3)
+    lm = LlamaForCausalLM(small_config(IdTokenizerHF(), 128, vocab_size=4096))
     assert 1_000_000 <= lm.num_parameters() <= 5_000_000
-    assert not list(lm.buffers())  # nothing for DDP to broadcast
+    assert lm.lm_head.weight is lm.model.embed_tokens.weight  # output tied to the input
     ids = torch.randint(4, 4096, (2, 128))
-    logits = lm(ids)
+    logits = lm(input_ids=ids).logits
     assert logits.shape == (2, 128, 4096)
-    lm.tok_emb.weight.data[7] += 1.0  # output layer is the embedding: its row 7 moves too
-    assert not torch.allclose(lm(ids)[..., 7], logits[..., 7])
     # Untrained, the loss is close to a uniform guess.
-    assert abs(causal_lm_loss(logits, ids).item() - math.log(4096)) < 0.5
+    assert abs(causal_lm_loss(logits, ids, 0).item() - math.log(4096)) < 0.5
 
 
 def test_future_tokens_do_not_change_earlier_logits() -> None:
     torch.manual_seed(0)
-    lm = TransformerLM(TINY).eval()
+    lm = LlamaForCausalLM(tiny_config()).eval()
     ids = torch.randint(4, 64, (3, 16))
     changed = ids.clone()
     changed[:, 9:] = torch.randint(4, 64, (3, 7))
-    a, b = lm(ids), lm(changed)
+    a, b = lm(input_ids=ids).logits, lm(input_ids=changed).logits
     torch.testing.assert_close(a[:, :9], b[:, :9])
     assert not torch.allclose(a[:, 9:], b[:, 9:])
 
 
-def test_loss_ignores_padding() -> None:
+def test_loss_ignores_trailing_padding_only() -> None:
     torch.manual_seed(0)
-    lm = TransformerLM(TINY)
+    lm = LlamaForCausalLM(tiny_config())
     ids = torch.randint(4, 64, (1, 10))
     padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], dim=1)
-    torch.testing.assert_close(causal_lm_loss(lm(padded), padded), causal_lm_loss(lm(ids), ids))
-    with pytest.raises(ValueError, match="max_seq_len"):
-        lm(torch.ones(1, 17, dtype=torch.long))
+    loss = causal_lm_loss(lm(input_ids=padded).logits, padded, 0)
+    torch.testing.assert_close(loss, causal_lm_loss(lm(input_ids=ids).logits, ids, 0))
+    # A pad id that also ends texts (eos as pad): inside the text it is a target, after the
+    # text's last token it is padding.
+    text = torch.tensor([[5, 6, 3, 7, 8, 3, 3, 3]])
+    assert target_mask(text, 3).tolist() == [[True, True, True, True, False, False, False]]
+    logits = torch.randn(1, 8, 64)
+    targets = F.cross_entropy(logits[0, :4], text[0, 1:5], reduction="sum")
+    torch.testing.assert_close(causal_lm_loss(logits, text, 3, reduction="sum"), targets)
 
 
-def test_config_checks_heads() -> None:
-    with pytest.raises(ValueError, match="divisible"):
-        LMConfig(d_model=30, n_heads=4)
-
-
-def test_load_base_round_trip_and_lightning_checkpoints(tmp_path: Path) -> None:
+def test_load_pretrained_round_trip_and_errors(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    base = TransformerLM(TINY)
-    torch.save(base.state_dict(), tmp_path / "base.pt")
+    lm = LlamaForCausalLM(tiny_config())
+    lm.save_pretrained(tmp_path / "model")
     ids = torch.randint(4, 64, (2, 16))
-    for path in (tmp_path / "base.pt", tmp_path / "lightning.ckpt"):
-        if path.suffix == ".ckpt":  # a MultilingualLM checkpoint: prefixed keys under state_dict
-            state = {f"model.{k}": v for k, v in base.state_dict().items()}
-            torch.save({"state_dict": state, "epoch": 3}, path)
-        module = MultilingualLM(TINY)
-        module.load_base(path)
-        torch.testing.assert_close(module(ids), base(ids))
-    from_init = MultilingualLM(TINY, base_checkpoint=tmp_path / "base.pt")
-    torch.testing.assert_close(from_init(ids), base(ids))
+    loaded = load_pretrained(tmp_path / "model")
+    torch.testing.assert_close(loaded(input_ids=ids).logits, lm(input_ids=ids).logits)
+    assert not loaded.training  # transformers' choice; Lightning would keep it
+    assert all(m.training for m in MultilingualLM(loaded, pad_id=0).modules())
+    with pytest.raises(ValueError, match=r"no config\.json"):
+        load_pretrained(tmp_path / "nothing")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(ValueError, match="holds no loadable causal LM"):
+        load_pretrained(tmp_path / "broken")
 
 
-def test_load_base_errors(tmp_path: Path) -> None:
-    torch.save(TransformerLM(TINY).state_dict(), tmp_path / "base.pt")
-    other_vocab = MultilingualLM(LMConfig(**{**TINY.__dict__, "vocab_size": 80}))
-    with pytest.raises(
-        ValueError, match=r"tok_emb.weight: checkpoint \(64, 32\) vs model \(80, 32\)"
-    ):
-        other_vocab.load_base(tmp_path / "base.pt")
-    deeper = MultilingualLM(LMConfig(**{**TINY.__dict__, "n_layers": 3}))
-    with pytest.raises(ValueError, match=r"missing \['blocks\.2\."):
-        deeper.load_base(tmp_path / "base.pt")
-    with pytest.raises(FileNotFoundError):
-        MultilingualLM(TINY).load_base(tmp_path / "missing.pt")
-    torch.save({"weights": [1, 2]}, tmp_path / "junk.pt")
-    with pytest.raises(ValueError, match="state dict of tensors"):
-        MultilingualLM(TINY).load_base(tmp_path / "junk.pt")
+def test_adapters_freeze_the_base_and_name_each_language() -> None:
+    def trainable(model: torch.nn.Module) -> set[str]:
+        return {n for n, p in model.named_parameters() if p.requires_grad}
+
+    lm = LlamaForCausalLM(tiny_config())
+    assert with_adapters(lm, "none", ["en"]) is lm and trainable(lm) == {
+        n for n, _ in lm.named_parameters()
+    }
+    shared = with_adapters(LlamaForCausalLM(tiny_config()), "shared", ["en", "ru"], rank=2)
+    assert trainable(shared) and all("lora_" in n and ".default." in n for n in trainable(shared))
+    per = with_adapters(LlamaForCausalLM(tiny_config()), "per-language", ["ru", "en"], rank=2)
+    assert sorted(per.peft_config) == ["en", "ru"]
+    assert {n.split(".")[-2] for n in trainable(per)} == {"en", "ru"}  # ...lora_A.<lang>.weight
+    with pytest.raises(ValueError, match="adapters must be one of"):
+        with_adapters(lm, "all", ["en"])
 
 
 def test_warmup_cosine_schedule() -> None:
@@ -365,7 +416,7 @@ def test_multilingual_lm_trains_and_logs_per_language_validation() -> None:
         )
         for lang in ("aa", "bb")
     }
-    module = MultilingualLM(TINY, lr=3e-3, warmup_steps=2)
+    module = MultilingualLM(LlamaForCausalLM(tiny_config()), pad_id=0, lr=3e-3, warmup_steps=2)
     val = build_val_loader(datasets, 2)
     before = {lang: _reference_loss(module, ds) for lang, ds in datasets.items()}
     trainer = _trainer(max_steps=1, limit_train_batches=0)
@@ -392,29 +443,38 @@ def _reference_loss(module: MultilingualLM, ds: LMSequenceDataset) -> float:
     """Token-weighted loss over the whole dataset, computed directly."""
     ids = torch.stack([ds[i]["input_ids"] for i in range(len(ds))])
     with torch.no_grad():
-        return causal_lm_loss(module(ids), ids).item()
+        return causal_lm_loss(module(ids), ids, 0).item()
+
+
+def test_per_language_module_needs_adapters() -> None:
+    with pytest.raises(TypeError, match="one adapter per language"):
+        MultilingualLM(LlamaForCausalLM(tiny_config()), pad_id=0, per_language=True)
 
 
 # ---- pretraining --------------------------------------------------------------------------------
 
 
-def test_pretrain_base_is_cached_and_loadable(tok: Tokenizer, tmp_path: Path) -> None:
+def test_pretrain_base_is_a_cached_hugging_face_folder(tok: Tokenizer, tmp_path: Path) -> None:
     corpus = {lang: texts[:40] for lang, texts in small_corpus().items()}
-    config = LMConfig(d_model=32, n_layers=1, n_heads=2, max_seq_len=16)
-    kwargs = {"config": config, "steps": 3, "batch_size": 4}
+    kwargs = {"seq_len": 16, "config": {"hidden_size": 32, "num_hidden_layers": 1}, "steps": 3}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        path = pretrain.pretrain_base(corpus, tok, tmp_path, **kwargs)
-    info = json.loads(path.with_suffix(".json").read_text())
+        path = pretrain.pretrain_base(corpus, tok, tmp_path, batch_size=4, **kwargs)
+    assert path == pretrain.base_path(corpus, tok, tmp_path, batch_size=4, **kwargs)
+    info = json.loads((path / pretrain.INFO_FILE).read_text())
     assert info["steps"] == 3 and info["config"]["vocab_size"] == tok.vocab_size
     assert info["languages"] == sorted(WORDS) and math.isfinite(info["final_train_loss"])
-    stamp = path.stat().st_mtime_ns
-    assert pretrain.pretrain_base(corpus, tok, tmp_path, **kwargs) == path  # no retraining
-    assert path.stat().st_mtime_ns == stamp
-    fitted = LMConfig(**info["config"])
-    assert pretrain.check_base(path, fitted) == path
-    with pytest.raises(ValueError, match="does not fit"):
-        pretrain.check_base(path, config)  # vocab 4096 default vs the tokenizer's 400
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert pretrain.pretrain_base(corpus, tok, tmp_path, batch_size=4, **kwargs) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # no retraining
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    # What a user gets: transformers loads the model and its tokenizer from the folder.
+    lm = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    assert lm.config.hidden_size == 32 and lm.config.vocab_size == tok.vocab_size
+    loaded = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    assert loaded("the book of life", add_special_tokens=False)["input_ids"] == tok.encode(
+        "the book of life"
+    )
 
 
 # ---- Bible data (the committed extract) ---------------------------------------------------------
