@@ -136,7 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(GRANULARITIES),
         help="one MOO solve per DDP bucket, per parameter tensor, or for the whole model",
     )
+    moo.add_argument(
+        "--direction-only",
+        action="store_true",
+        help="rescale each group's update to the length of plain averaging's: the aggregator "
+        "chooses the direction only, so any difference is not a step-size change",
+    )
     moo.add_argument("--bucket-mb", type=_positive_float, default=0.5, help="DDP bucket size (MB)")
+    moo.add_argument(
+        "--baseline",
+        action="store_true",
+        help="then fine-tune again with plain averaging (--aggregator mean, all else equal, "
+        "into RUN/baseline) and print the per-language difference: does MOO help on your data?",
+    )
     sampling = p.add_argument_group("language sampling")
     sampling.add_argument(
         "--temperature",
@@ -310,6 +322,9 @@ def check_args(args: argparse.Namespace) -> None:
             dict(args.aggregator_option),
             transport=args.transport,
             granularity=args.granularity,
+            direction_only=args.direction_only,
         )
     except (TypeError, ValueError) as err:
         raise UsageError("--aggregator-option", str(err)) from None
+    if args.baseline and args.aggregator == "mean":
+        raise UsageError("--baseline", "--aggregator mean is the baseline itself; choose another")

@@ -256,8 +256,9 @@ def prepare(args: argparse.Namespace) -> tuple[Path, Tokenizer, LanguageData]:
     return base, tokenizer, data
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tunes once; returns the results on rank 0 ({} on the other ranks).
+def run(args: argparse.Namespace, run_dir: Path | None = None) -> dict[str, Any]:
+    """Fine-tunes once, into ``run_dir`` (default: a new folder, or the launcher's); returns
+    the results on rank 0 ({} on the other ranks).
 
     Raises:
         UsageError: for data or files that cannot serve, before any training.
@@ -268,14 +269,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val = data.val
     model = build_model(args, base, tokenizer, sorted(val))
     name = run_name(args)
-    inherited = os.environ.get(RUN_DIR_ENV)
-    run_dir = Path(inherited) if inherited else claim_run_dir(args.out, name)
+    inherited = os.environ.get(RUN_DIR_ENV) if run_dir is None else None
+    if run_dir is None:
+        run_dir = Path(inherited) if inherited else claim_run_dir(args.out, name)
+    run_dir.mkdir(parents=True, exist_ok=True)
     before = evaluate(model, val, args.batch_size) if rank_zero_only.rank == 0 else {}
     strategy = BucketMOOStrategy(
         aggregator=args.aggregator,
         aggregator_options=dict(args.aggregator_option),
         transport=args.transport,
         granularity=args.granularity,
+        direction_only=args.direction_only,
         seed=args.seed,
         bucket_cap_mb=args.bucket_mb,
         # Each step uses the adapters of its languages only: DDP must expect unused ones.
@@ -321,6 +325,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "aggregator": args.aggregator,
         "granularity": args.granularity,
+        "direction_only": args.direction_only,
         "adapters": args.adapters,
         "base_model": str(base),
         "saved": str(saved),
@@ -369,12 +374,44 @@ def print_table(results: Mapping[str, Any]) -> None:
     worst = max(after, key=after.get)
     print(f"| mean | {mean_b:.3f} | {mean_a:.3f} | {mean_a - mean_b:+.3f} | |")
     print(f"| worst after ({worst}) | {before[worst]:.3f} | {after[worst]:.3f} | | |")
-    if results["aggregator"] != "mean":
+    if results["aggregator"] != "mean" and "baseline" not in results:
         print(
             "\n'change' is what this fine-tuning did, not what MOO adds: this run has no "
-            "plain-averaging baseline. For that, run the same command with --aggregator mean "
-            "and compare (benchmarks/quality.py does so over seeds)."
+            "plain-averaging baseline. Add --baseline to fine-tune once more with plain "
+            "averaging and compare (benchmarks/evidence does so over seeds and learning rates)."
         )
+
+
+def baseline_args(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with plain averaging instead of the aggregator, everything else equal."""
+    changed = {"aggregator": "mean", "aggregator_option": [], "direction_only": False}
+    return argparse.Namespace(**{**vars(args), **changed, "name": f"{run_name(args)}-baseline"})
+
+
+def print_comparison(results: Mapping[str, Any], baseline: Mapping[str, Any]) -> None:
+    """The per-language difference between this run and its plain-averaging baseline."""
+    ours, mean = results["val_loss"], baseline["val_loss"]
+    method = f"{results['aggregator']} per {results['granularity']}"
+    if results["direction_only"]:
+        method += ", direction only"
+    print(
+        f"\nAgainst plain averaging (the same command with --aggregator mean, into "
+        f"{baseline['run_dir']}): validation loss, lower is better; difference = {method} "
+        "minus mean, negative where MOO helped.\n"
+    )
+    print(f"| language | mean | {method} | difference |")
+    print("|---|---|---|---|")
+    for lang in sorted(ours):
+        print(f"| {lang} | {mean[lang]:.3f} | {ours[lang]:.3f} | {ours[lang] - mean[lang]:+.3f} |")
+    avg_m, avg_o = (sum(d.values()) / len(d) for d in (mean, ours))
+    worst_m, worst_o = max(mean.values()), max(ours.values())
+    print(f"| mean over languages | {avg_m:.3f} | {avg_o:.3f} | {avg_o - avg_m:+.3f} |")
+    print(f"| worst language | {worst_m:.3f} | {worst_o:.3f} | {worst_o - worst_m:+.3f} |")
+    print(
+        "\nOne seed at one learning rate: differences of a few thousandths are within "
+        "seed-to-seed noise (docs/evidence.md measured a spread of about 0.003-0.01). Repeat "
+        "with other --seed values before trusting a sign."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -385,9 +422,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         results = run(args)
     except UsageError as err:
         build_parser().error(str(err))
+    baseline: dict[str, Any] = {}
+    if args.baseline:
+        # Every rank runs this (the ranks Lightning started run main() too); the launcher's
+        # run folder reaches them through the environment.
+        run_dir = Path(results["run_dir"] if results else os.environ[RUN_DIR_ENV])
+        baseline = run(baseline_args(args), run_dir / "baseline")
     if not results:
         return
+    if baseline:
+        results["baseline"] = {k: baseline[k] for k in ("run_dir", "val_loss", "val_ppl")}
+        (Path(baseline["run_dir"]) / "results.json").write_text(json.dumps(baseline, indent=2))
     print_table(results)
+    if baseline:
+        print_comparison(results, baseline)
     run_dir = Path(results["run_dir"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     print(f"\nrun folder: {run_dir}\n  results.json; CSV logs in csv/")

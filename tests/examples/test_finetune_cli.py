@@ -51,6 +51,7 @@ def fails(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
         (["--lora-rank", "0"], "--lora-rank", "must be an integer >= 1, got 0"),
         (["--precision", "8-true"], "--precision", "invalid choice: '8-true'"),
         (["--data-dir", "no/such/folder"], "--data-dir", "is not a folder"),
+        (["--aggregator", "mean", "--baseline"], "--baseline", "is the baseline itself"),
     ],
 )
 def test_bad_options_fail_in_one_line_naming_the_option(argv, flag, detail, capsys):

@@ -61,8 +61,9 @@ def test_two_runs_keep_both_results_and_say_where(data_dir: Path, tmp_path: Path
         "--seq-len", "32", "--batch-size", "2", "--val-every", "2", "--monitor-every", "1",
         "--logger", "csv",
     ]  # fmt: skip
-    # Two ranks: the rank Lightning starts must write into the folder rank 0 chose.
-    first = finetune(*argv, "--devices", "2")
+    # Two ranks: the rank Lightning starts must write into the folder rank 0 chose, for the
+    # run and for its plain-averaging baseline.
+    first = finetune(*argv, "--devices", "2", "--baseline")
     second = finetune(*argv, "--devices", "1")
 
     name = "mgda-bucket-data-2steps-s0"
@@ -81,8 +82,19 @@ def test_two_runs_keep_both_results_and_say_where(data_dir: Path, tmp_path: Path
     # The table says what its numbers are and that there is no baseline.
     assert "| language | before | after | change | perplexity after |" in second
     assert "no plain-averaging baseline" in second
-    # The fine-tuned model is a Hugging Face folder that reproduces the run's validation loss.
+    # --baseline: the same fine-tuning with plain averaging, in the run's folder, compared
+    # language by language.
     results = json.loads((runs[0] / "results.json").read_text())
+    baseline = json.loads((runs[0] / "baseline" / "results.json").read_text())
+    assert baseline["aggregator"] == "mean" and baseline["run_dir"] == str(runs[0] / "baseline")
+    assert (runs[0] / "baseline" / "csv" / "metrics.csv").stat().st_size > 0
+    assert results["baseline"]["val_loss"] == baseline["val_loss"]
+    assert "| language | mean | mgda per bucket | difference |" in first
+    for lang in WORDS:
+        ours, mean = results["val_loss"][lang], baseline["val_loss"][lang]
+        assert f"| {lang} | {mean:.3f} | {ours:.3f} | {ours - mean:+.3f} |" in first
+    assert "no plain-averaging baseline" not in first
+    # The fine-tuned model is a Hugging Face folder that reproduces the run's validation loss.
     assert results["saved"] == str(runs[0] / "model") and "fine-tuned model: model/" in first
     model = AutoModelForCausalLM.from_pretrained(results["saved"], local_files_only=True)
     assert_reproduces(results, model, data_dir, per_language=False)
