@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,9 @@ from torch.futures import Future
 from ..aggregators import Aggregator
 from .base import HookState
 from .layout import SLOT_MESSAGE_BYTES, Layout
-from .linalg import combine_rows, row_gramian, task_gramian
+from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
-from .stats import GroupStats, StepStats
+from .stats import GroupStats, PhaseClock, StepStats
 from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, peers
 
 
@@ -61,7 +60,7 @@ class _Step:
     jobs: list[_Job] = field(default_factory=list)  # the last slot's buckets, in order
     solved: int = 0  # how many jobs have their Gramians
     counter: CommCounter = field(default_factory=CommCounter)
-    seconds: float = 0.0
+    clock: PhaseClock = field(default_factory=PhaseClock)
     bucket_calls: int = 0  # buckets seen in the current backward pass
 
 
@@ -136,8 +135,9 @@ class BucketMOOState(HookState):
             raise self._collective_failed(error, len(self._step.slots)) from error
 
     def _on_bucket(self, bucket: dist.GradBucket) -> Future:
-        start = time.perf_counter()
         step = self._step
+        clock = step.clock
+        clock.start()
         buffer = bucket.buffer()
         params = bucket.parameters()
         if step.bucket_calls == 0:
@@ -145,26 +145,31 @@ class BucketMOOState(HookState):
             if self.world_size > 1:
                 nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
                 step.counter.add("layout", nbytes, nbytes)
+            clock.lap("layout")
         step.bucket_calls += 1
         if len(step.slots) < self.slots_per_rank:
             self._stash(params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
             future: Future = Future()
             future.set_result(buffer.zero_())
+            clock.lap("stash")
         else:
             if step.layout is None:
                 step.layout, step.stats = self._begin_step_stats(step.slots)
             self._progress(final=False)
+            clock.lap("other")
             rows = self._local_rows(params, buffer)
+            clock.lap("stash" if self.slots_per_rank > 1 else "other")
             exchange = self.transport.exchange(rows, step.counter)
+            clock.lap("exchange")
             job = _Job(exchange, self._segments(params), buffer, params)
             step.jobs.append(job)
             if bucket.is_last():
                 self._progress(final=True)
             future = job.future
-        step.seconds += time.perf_counter() - start
         if bucket.is_last():
             self._end_backward()
+        clock.lap("other")
         return future
 
     def _stash(self, params: list[Tensor], buffer: Tensor) -> None:
@@ -211,21 +216,25 @@ class BucketMOOState(HookState):
         """
         step = self._step
         assert job.exchange is not None and step.layout is not None
+        step.clock.lap("other")
         rows = job.exchange.rows()
+        step.clock.lap("wait")
         lo, hi = job.exchange.lo, job.exchange.hi
-        T = len(step.layout.tasks)
-        out = torch.zeros(len(job.segments), T, T, dtype=torch.float64, device=rows.device)
-        averaging = step.layout.averaging.to(rows.device)
+        R = rows.shape[0]
+        out = torch.zeros(len(job.segments), R, R, dtype=torch.float64, device=rows.device)
         for i, seg in enumerate(job.segments):
             a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
-            if b <= a:
-                continue
-            gram = row_gramian(rows[:, a:b])
-            out[i] = gram if step.layout.identity else task_gramian(gram, averaging)
+            if b > a:
+                row_gramian(rows[:, a:b], out=out[i])
+        if not step.layout.identity:
+            with one_thread():  # T x WK products: tiny
+                out = task_gramian(out, step.layout.averaging.to(rows.device))
         parts = [out.flatten()]
         if self._repair_idle:
             parts.append(self._last_slot_activity(job, rows, lo, hi))
-        return torch.cat(parts)
+        partials = torch.cat(parts)
+        step.clock.lap("gramian")
+        return partials
 
     def _last_slot_activity(self, job: _Job, rows: Tensor, lo: int, hi: int) -> Tensor:
         K = self.slots_per_rank
@@ -252,21 +261,29 @@ class BucketMOOState(HookState):
         step = self._step
         assert step.stats is not None and step.layout is not None
         T = len(step.layout.tasks)
-        scale = float(self.slots_per_rank) ** 2
+        clock = step.clock
         for job in step.jobs[step.solved :]:
             summed = self.transport.reduce(self._partials(job), step.counter).cpu()
+            clock.lap("reduce")
             S = len(job.segments)
-            grams = summed[: S * T * T].view(S, T, T) * scale
-            # Partial products summed over ranks and chunks are symmetric only to rounding.
+            grams = summed[: S * T * T].view(S, T, T)
+            if self.slots_per_rank > 1:
+                grams = grams * float(self.slots_per_rank) ** 2
+            # Partial products summed over ranks and chunks are symmetric only to rounding;
+            # exactly symmetric, they need no validation in the solve.
             job.gramians = (grams + grams.transpose(1, 2)) / 2
-            job.idle = (summed[S * T * T :] == 0).tolist()
+            if self._repair_idle:
+                job.idle = (summed[S * T * T :] == 0).tolist()
             if self.granularity != "global":
-                groups = [
-                    self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
-                    for g, seg in zip(job.gramians, job.segments)
-                ]
+                clock.lap("other")
+                with one_thread():
+                    groups = [
+                        self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
+                        for g, seg in zip(job.gramians.unbind(), job.segments)
+                    ]
                 step.stats.groups.extend(groups)
-                self._finish(job, [group.weights for group in groups])
+                clock.lap("solve")
+                self._finish(job, torch.stack([group.weights for group in groups]))
         step.solved = len(step.jobs)
         if final and self.granularity == "global":
             self._finish_global()
@@ -275,12 +292,16 @@ class BucketMOOState(HookState):
         step = self._step
         assert step.stats is not None
         total = torch.stack([job.gramians.sum(0) for job in step.jobs]).sum(0)
+        total = (total + total.T) / 2  # exactly symmetric, whatever order the sum took
         names = [n for job in step.jobs for seg in job.segments for n in seg.names]
         numel = sum(job.numel for job in step.jobs)
-        solved = self._solve(total, step.stats, "global", numel, names)
+        step.clock.lap("other")
+        with one_thread():
+            solved = self._solve(total, step.stats, "global", numel, names)
+        step.clock.lap("solve")
         step.stats.global_group = solved
         for job in step.jobs:
-            for gram, seg in zip(job.gramians, job.segments):
+            for gram, seg in zip(job.gramians.unbind(), job.segments):
                 step.stats.groups.append(
                     GroupStats(
                         seg.key,
@@ -293,9 +314,11 @@ class BucketMOOState(HookState):
                         scale=solved.scale,
                     )
                 )
-            self._finish(job, [solved.weights] * len(job.segments))
+            self._finish(job, solved.weights.expand(len(job.segments), -1))
 
-    def _finish(self, job: _Job, weights: list[Tensor]) -> None:
+    def _finish(self, job: _Job, weights: Tensor) -> None:
+        """Combines the job's rows with ``weights`` (one row of ``T`` per segment) and starts
+        delivering the bucket."""
         step = self._step
         assert job.exchange is not None and step.layout is not None
         exchange, job.exchange = job.exchange, None
@@ -304,17 +327,20 @@ class BucketMOOState(HookState):
         step.counter.release(exchange.nbytes)
         # Slot weights: task weight spread over the task's slots, times K so that the update
         # is a combination of raw microbatch gradients (Lightning divides the loss by K).
-        to_slots = step.layout.averaging.T * float(self.slots_per_rank)
-        slot_weights = [to_slots @ w for w in weights]
-        segments = job.segments
+        slot_weights = weights @ (step.layout.averaging * float(self.slots_per_rank))
+        pieces = [(max(seg.start, lo) - lo, min(seg.end, hi) - lo) for seg in job.segments]
+        kept = [i for i, (a, b) in enumerate(pieces) if b > a]
+        if len(kept) < len(pieces):
+            slot_weights, pieces = slot_weights[kept], [pieces[i] for i in kept]
+        clock = step.clock
 
         def combined(out: Tensor) -> None:
-            for seg, v in zip(segments, slot_weights):
-                a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
-                if b > a:
-                    combine_rows(rows[:, a:b], v, out[a:b])
+            clock.lap("other")
+            combine_ranges(rows, slot_weights, pieces, out)
+            clock.lap("combine")
 
         result = self.transport.finish(combined, job.bucket, step.counter)
+        clock.lap("gather")
         target = job.future
         failed = functools.partial(self._collective_failed, slot=len(step.slots) - 1)
 
@@ -347,7 +373,9 @@ class BucketMOOState(HookState):
         stats.bytes_sent = dict(step.counter.sent)
         stats.bytes_received = dict(step.counter.received)
         stats.collectives = dict(step.counter.collectives)
-        stats.hook_seconds = step.seconds
+        step.clock.lap("other")
+        stats.seconds = dict(step.clock.seconds)
+        stats.hook_seconds = sum(stats.seconds.values())
         stats.peak_extra_bytes = step.counter.peak
         self.last_step = stats
         self.step += 1

@@ -1,0 +1,60 @@
+"""What the hook spends per step, as counts: threads and validation of the solves, held memory,
+copies, and the per-phase time record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_bmoo.aggregators import get_aggregator
+from lightning_bmoo.comm.stats import PHASES
+
+from ..distributed import run_distributed
+from .workload import train
+
+_MGDA = type(get_aggregator("mgda"))
+
+
+class _Recording(_MGDA):
+    """MGDA that records, per call, whether it was asked to validate and its thread count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, int]] = []
+
+    def __call__(self, gramian, *, validate=True, **kwargs):
+        self.calls.append((validate, torch.get_num_threads()))
+        return super().__call__(gramian, validate=validate, **kwargs)
+
+
+def _solves(rank, world_size, granularity):
+    torch.set_num_threads(2)  # a user's intra-op setting, which the hook must leave alone
+    aggregator = _Recording()
+    train(rank, world_size, K=2, aggregator=aggregator, granularity=granularity, steps=2)
+    return aggregator.calls, torch.get_num_threads()
+
+
+@pytest.mark.parametrize("granularity", ["parameter", "global"])
+def test_solves_skip_validation_and_run_on_one_thread(granularity):
+    # The hook's Gramians are exactly symmetric by construction, so checking each one costs
+    # microseconds for nothing; T x T solves that wait for a second OpenMP thread on a busy
+    # machine take milliseconds instead of microseconds.
+    calls, threads_after = run_distributed(_solves, 2, granularity)[0]
+    assert calls and all(validate is False for validate, _ in calls)
+    assert {threads for _, threads in calls} == {1}
+    assert threads_after == 2
+
+
+def _phases(rank, world_size, K):
+    return train(rank, world_size, K=K, aggregator="mgda", steps=2)["stats"][-1]
+
+
+@pytest.mark.parametrize("K", [1, 2])
+def test_the_hooks_time_is_split_by_phase(K):
+    stats = run_distributed(_phases, 2, K)[0]
+    assert list(stats.seconds) == list(PHASES)
+    assert all(seconds >= 0.0 for seconds in stats.seconds.values())
+    assert sum(stats.seconds.values()) == pytest.approx(stats.hook_seconds, rel=1e-9)
+    for phase in ("layout", "exchange", "wait", "gramian", "reduce", "solve", "combine"):
+        assert stats.seconds[phase] > 0.0, phase
+    assert (stats.seconds["stash"] > 0.0) == (K > 1)
