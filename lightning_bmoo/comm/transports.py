@@ -232,31 +232,33 @@ class GatherTransport(Transport):
 class ShardedTransport(Transport):
     """All-to-all so that rank j holds shard j of every slot; all-gather the combined shards.
 
-    Shards are ``ceil(n / W)`` elements (the last ones shorter, possibly empty). Traffic per
-    rank at K = 1 is ``2 (W - 1) / W * n`` elements, exactly a ring all-reduce, plus the
-    ``T x T`` partial Gramians.
+    Shards are ``floor(n / W)`` elements, the last one also holding the ``n mod W`` elements
+    left over. Every rank's combined shard is all-gathered in place into DDP's bucket; the
+    left-over tail (fewer than W elements) is broadcast from the last rank. Traffic per rank
+    at K = 1 is ``2 (W - 1) / W * n`` elements, exactly a ring all-reduce, plus the ``T x T``
+    partial Gramians; no buffer beyond the exchanged rows.
     """
 
     name = "sharded"
 
     def _bounds(self, n: int) -> tuple[int, list[int]]:
-        chunk = -(-n // self.world_size)
-        sizes = [max(0, min(chunk, n - j * chunk)) for j in range(self.world_size)]
-        return chunk, sizes
+        """The equal shard length, and every rank's shard length (the last one's longer)."""
+        base = n // self.world_size
+        return base, [base] * (self.world_size - 1) + [n - (self.world_size - 1) * base]
 
     def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
         if self.world_size == 1:
             return self._local(slots, counter)
         K, n, like = len(slots), slots[0].numel(), slots[0]
-        chunk, sizes = self._bounds(n)
-        lo = min(n, self.rank * chunk)
+        base, sizes = self._bounds(n)
+        lo = self.rank * base
         m = sizes[self.rank]
         # all_to_all sends one contiguous piece per destination: shard-major order.
         if K == 1:
             send = slots[0]
         else:
             send = torch.cat(
-                [row[j * chunk : j * chunk + s] for j, s in enumerate(sizes) for row in slots]
+                [row[j * base : j * base + s] for j, s in enumerate(sizes) for row in slots]
             )
         out = torch.empty(self.world_size * K * m, dtype=like.dtype, device=like.device)
         with peers():
@@ -291,32 +293,39 @@ class ShardedTransport(Transport):
             out = torch.empty_like(bucket)
             combined(out)
             return _completed(out)
-        chunk, sizes = self._bounds(numel)
-        if self.world_size * chunk == numel:
-            # In place, as NCCL defines it for all-gather: this rank's shard already sits at
-            # its offset in the output. Spares a shard and a bucket per bucket in flight.
-            out = bucket
-            mine = bucket[self.rank * chunk : (self.rank + 1) * chunk]
-            combined(mine)
-        else:
-            mine = torch.empty(chunk, dtype=bucket.dtype, device=bucket.device)
-            mine[sizes[self.rank] :].zero_()
-            combined(mine[: sizes[self.rank]])
-            out = torch.empty(self.world_size * chunk, dtype=bucket.dtype, device=bucket.device)
+        W, size = self.world_size, bucket.element_size()
+        base, sizes = self._bounds(numel)
+        lo = self.rank * base
+        # In place, as NCCL defines all-gather: this rank's shard already sits at its offset.
+        combined(bucket[lo : lo + sizes[self.rank]])
+        futures = []
         with peers():
-            work = dist.all_gather_single(out, mine, group=self.channels.gather, async_op=True)
-        size = bucket.element_size()
-        counter.add(
-            "all_gather", (self.world_size - 1) * chunk * size, (self.world_size - 1) * chunk * size
-        )
-        allocated = 0 if out is bucket else (out.numel() + mine.numel()) * size
-        counter.allocate(allocated)
+            if base > 0:
+                mine = bucket[lo : lo + base]
+                work = dist.all_gather_single(
+                    bucket[: W * base], mine, group=self.channels.gather, async_op=True
+                )
+                futures.append(work.get_future())
+                counter.add("all_gather", (W - 1) * base * size, (W - 1) * base * size)
+            tail = numel - W * base
+            if tail > 0:
+                last = self.rank == W - 1
+                work = dist.broadcast(
+                    bucket[W * base :], group=self.channels.gather, group_src=W - 1, async_op=True
+                )
+                futures.append(work.get_future())
+                counter.add(
+                    "broadcast", (W - 1) * tail * size if last else 0, 0 if last else tail * size
+                )
+        many = len(futures) > 1
+        done = torch.futures.collect_all(futures) if many else futures[0]
 
-        def done(_: Future) -> Tensor:
-            counter.release(allocated)
-            return out[:numel]
+        def delivered(finished: Future) -> Tensor:
+            for future in finished.value() if many else (finished,):
+                future.value()  # the error of a failed collective, for the hook to surface
+            return bucket
 
-        return work.get_future().then(done)
+        return done.then(delivered)
 
 
 TRANSPORTS: dict[str, type[Transport]] = {"sharded": ShardedTransport, "gather": GatherTransport}

@@ -58,3 +58,37 @@ def test_the_hooks_time_is_split_by_phase(K):
     for phase in ("layout", "exchange", "wait", "gramian", "reduce", "solve", "combine"):
         assert stats.seconds[phase] > 0.0, phase
     assert (stats.seconds["stash"] > 0.0) == (K > 1)
+
+
+def _odd(rank, world_size, K, transport, bucket_cap_mb):
+    from .workload import OddMLP
+
+    def make():
+        torch.manual_seed(0)
+        return OddMLP()
+
+    return train(
+        rank,
+        world_size,
+        K=K,
+        aggregator="mgda",
+        transport=transport,
+        make=make,
+        bucket_cap_mb=bucket_cap_mb,
+        steps=2,
+    )
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_uneven_buckets_hold_no_padded_copy(world_size):
+    # Tiny buckets (a 100-byte cap), most of them no multiple of W. Rank 0 holds the exchanged
+    # rows of one bucket at a time and combines into DDP's own bucket: its extra memory never
+    # exceeds the largest bucket (a padded copy of the result used to come on top).
+    stats = run_distributed(_odd, world_size, 1, "sharded", 1e-4)[0]["stats"][-1]
+    sizes = [group.numel for group in stats.groups]
+    assert sum(sizes) == 127 and len(sizes) > 1
+    assert sum(n % world_size != 0 for n in sizes) > 1
+    assert 0 < stats.peak_extra_bytes <= max(sizes) * 4
+    uneven = sum(n % world_size != 0 for n in sizes)
+    assert stats.collectives["all_gather"] == len(sizes) - sum(n < world_size for n in sizes)
+    assert stats.collectives.get("broadcast", 0) == uneven
