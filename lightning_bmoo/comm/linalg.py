@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in _LOW_PRECISION else dtype
 
 
-def row_gramian(rows: Tensor, out: Tensor | None = None) -> Tensor:
+def row_gramian(rows: Tensor | Sequence[Tensor], out: Tensor | None = None) -> Tensor:
     """Returns ``rows @ rows.T`` (R x R, float64, on the rows' device).
 
     Products are taken chunk by chunk in the rows' dtype (float32 for bf16/fp16) and summed
@@ -27,19 +27,30 @@ def row_gramian(rows: Tensor, out: Tensor | None = None) -> Tensor:
     fraction of the cost of up-casting the bucket.
 
     Args:
-        rows: ``R x m`` rows.
+        rows: ``R x m`` rows, or blocks of rows over the same ``m`` columns, stacked in order
+            (never copied into one matrix).
         out: an ``R x R`` float64 tensor of zeros to accumulate into (e.g. one slice of a
             stack of Gramians), else a new one is returned.
     """
-    R, m = rows.shape
+    blocks = [rows] if isinstance(rows, Tensor) else list(rows)
+    starts = [0]
+    for block in blocks:
+        starts.append(starts[-1] + block.shape[0])
+    R, m = starts[-1], blocks[0].shape[1]
     if out is None:
-        out = torch.zeros(R, R, dtype=torch.float64, device=rows.device)
-    dtype = _compute_dtype(rows.dtype)
+        out = torch.zeros(R, R, dtype=torch.float64, device=blocks[0].device)
+    dtype = _compute_dtype(blocks[0].dtype)
     for start in range(0, m, CHUNK):
-        chunk = rows[:, start : start + CHUNK]
-        if chunk.dtype != dtype:
-            chunk = chunk.to(dtype)
-        out.add_(chunk @ chunk.T)  # summed in float64, like out + product.to(float64)
+        chunks = [block[:, start : start + CHUNK] for block in blocks]
+        if chunks[0].dtype != dtype:
+            chunks = [chunk.to(dtype) for chunk in chunks]
+        for i, a in enumerate(chunks):
+            rows_i = slice(starts[i], starts[i + 1])
+            out[rows_i, rows_i].add_(a @ a.T)  # summed in float64, like out + p.to(float64)
+            for j in range(i + 1, len(chunks)):
+                product = a @ chunks[j].T
+                out[rows_i, starts[j] : starts[j + 1]].add_(product)
+                out[starts[j] : starts[j + 1], rows_i].add_(product.T)
     return out
 
 
@@ -61,52 +72,72 @@ def task_gramian(slot_gramian: Tensor, averaging: Tensor) -> Tensor:
     return K.masked_fill(bad_task.unsqueeze(-1) | bad_task.unsqueeze(-2), float("nan"))
 
 
-def combine_rows(rows: Tensor, weights: Tensor, out: Tensor) -> None:
+def combine_rows(rows: Tensor | Sequence[Tensor], weights: Tensor, out: Tensor) -> None:
     """Writes ``weights @ rows`` into ``out`` (length m) in the rows' dtype.
 
     Rows with zero weight are skipped, so a dropped non-finite row cannot turn the result
     into NaN through ``0 * inf``.
+
+    Args:
+        rows: ``R x m`` rows, or blocks of rows over the same ``m`` columns, stacked in order.
+        weights: ``R`` float64 weights.
+        out: length ``m``, in the rows' dtype.
     """
-    keep = weights != 0
-    if not bool(keep.all()):
-        rows, weights = rows[keep], weights[keep]
-    if rows.shape[0] == 0:
+    parts, offset = [], 0
+    for block in [rows] if isinstance(rows, Tensor) else rows:
+        w = weights[offset : offset + block.shape[0]]
+        offset += block.shape[0]
+        keep = w != 0
+        if not bool(keep.all()):
+            block, w = block[keep], w[keep]
+        if block.shape[0] > 0:
+            parts.append((block, w))
+    if not parts:
         out.zero_()
         return
-    dtype = _compute_dtype(rows.dtype)
-    w = weights.to(device=rows.device, dtype=dtype)[None]
-    if dtype == rows.dtype:
-        torch.mm(w, rows, out=out.view(1, -1))
+    dtype = _compute_dtype(parts[0][0].dtype)
+    ws = [w.to(device=block.device, dtype=dtype)[None] for block, w in parts]
+    if dtype == parts[0][0].dtype:
+        _accumulate(ws, [block for block, _ in parts], out)
         return
-    for start in range(0, rows.shape[1], CHUNK):
-        chunk = rows[:, start : start + CHUNK].to(dtype)
-        out[start : start + CHUNK].copy_((w @ chunk)[0])
+    for start in range(0, out.numel(), CHUNK):
+        chunks = [block[:, start : start + CHUNK].to(dtype) for block, _ in parts]
+        acc = torch.empty(chunks[0].shape[1], dtype=dtype, device=out.device)
+        _accumulate(ws, chunks, acc)
+        out[start : start + CHUNK].copy_(acc)
+
+
+def _accumulate(weights: list[Tensor], blocks: list[Tensor], out: Tensor) -> None:
+    """``out = sum_i weights[i] @ blocks[i]`` (``1 x R_i`` weights, one matrix product each)."""
+    view = out.view(1, -1)
+    torch.mm(weights[0], blocks[0], out=view)
+    for w, block in zip(weights[1:], blocks[1:]):
+        view.addmm_(w, block)
 
 
 def combine_ranges(
-    rows: Tensor, weights: Tensor, ranges: list[tuple[int, int]], out: Tensor
+    rows: Sequence[Tensor], weights: Tensor, ranges: list[tuple[int, int]], out: Tensor
 ) -> None:
     """Writes ``weights[i] @ rows[:, a:b]`` into ``out[a:b]`` for each range ``(a, b)``.
 
-    One small matrix product per range when every weight is nonzero and the rows need no
+    One matrix product per block and range when every weight is nonzero and the rows need no
     up-cast (the common case); :func:`combine_rows` otherwise.
 
     Args:
-        rows: ``R x m`` rows.
+        rows: blocks of rows over the same ``m`` columns, stacked in order (``R`` rows).
         weights: ``len(ranges) x R`` float64 weights.
-        ranges: column ranges of ``rows`` (and ``out``), one per row of ``weights``.
+        ranges: column ranges of the rows (and of ``out``), one per row of ``weights``.
         out: length ``m``, in the rows' dtype.
     """
-    fast = rows.dtype == _compute_dtype(rows.dtype) and all(
-        w != 0 for row in weights.tolist() for w in row
-    )
-    if not fast:
+    dtype = rows[0].dtype
+    if dtype != _compute_dtype(dtype) or not all(w != 0 for r in weights.tolist() for w in r):
         for (a, b), w in zip(ranges, weights):
-            combine_rows(rows[:, a:b], w, out[a:b])
+            combine_rows([block[:, a:b] for block in rows], w, out[a:b])
         return
-    cast = weights.to(device=rows.device, dtype=rows.dtype)
+    cast = weights.to(device=rows[0].device, dtype=dtype)
+    splits = cast.split([block.shape[0] for block in rows], dim=1)
     for i, (a, b) in enumerate(ranges):
-        torch.mm(cast[i : i + 1], rows[:, a:b], out=out[a:b].view(1, -1))
+        _accumulate([w[i : i + 1] for w in splits], [block[:, a:b] for block in rows], out[a:b])
 
 
 @contextlib.contextmanager

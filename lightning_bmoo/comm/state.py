@@ -1,4 +1,4 @@
-"""The DDP hook's state: slots kept apart per bucket, exchanged, solved and combined."""
+"""The DDP hook's state: each bucket's slots exchanged, solved and combined, phase by phase."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .base import HookState
 from .layout import SLOT_MESSAGE_BYTES, Layout
 from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
+from .slots import SlotExchanges
 from .stats import GroupStats, PhaseClock, StepStats
 from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, peers
 
@@ -52,14 +53,17 @@ class _Job:
 class _Step:
     """Scratch of the step in progress; replaced by a fresh one when the step completes."""
 
+    exchanges: SlotExchanges
+    counter: CommCounter
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
     layout: Layout | None = None
+    # The layout's averaging matrix with its columns in the order of the exchanged rows
+    # (slot-major: row k W + r is slot k of rank r, which the layout numbers r K + k).
+    averaging: Tensor | None = None
+    identity: bool = False  # whether that matrix is the identity
     stats: StepStats | None = None
-    stash_rows: dict[tuple[int, ...], list[Tensor]] = field(default_factory=dict)
-    stash_params: dict[int, list[Tensor]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)  # the last slot's buckets, in order
     solved: int = 0  # how many jobs have their Gramians
-    counter: CommCounter = field(default_factory=CommCounter)
     clock: PhaseClock = field(default_factory=PhaseClock)
     bucket_calls: int = 0  # buckets seen in the current backward pass
 
@@ -113,7 +117,7 @@ class BucketMOOState(HookState):
         )
         # Only parameters some slot left unused need the repair, and only with several slots.
         self._repair_idle = bool(find_unused_parameters) and self.slots_per_rank > 1
-        self._step = _Step()
+        self._step = self._new_step()
 
     @property
     def slot_index(self) -> int:
@@ -147,20 +151,18 @@ class BucketMOOState(HookState):
                 step.counter.add("layout", nbytes, nbytes)
             clock.lap("layout")
         step.bucket_calls += 1
-        if len(step.slots) < self.slots_per_rank:
-            self._stash(params, buffer)
+        slot = len(step.slots) - 1
+        if slot < self.slots_per_rank - 1:
+            _, sent = step.exchanges.send(slot, params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
-            future: Future = Future()
-            future.set_result(buffer.zero_())
-            clock.lap("stash")
+            future = sent.then(functools.partial(self._zeroed, buffer, slot))
+            clock.lap("exchange")
         else:
             if step.layout is None:
-                step.layout, step.stats = self._begin_step_stats(step.slots)
+                self._begin_layout()
             self._progress(final=False)
             clock.lap("other")
-            rows = self._local_rows(params, buffer)
-            clock.lap("stash" if self.slots_per_rank > 1 else "other")
-            exchange = self.transport.exchange(rows, step.counter)
+            exchange, _ = step.exchanges.send(slot, params, buffer)
             clock.lap("exchange")
             job = _Job(exchange, self._segments(params), buffer, params)
             step.jobs.append(job)
@@ -172,29 +174,27 @@ class BucketMOOState(HookState):
         clock.lap("other")
         return future
 
-    def _stash(self, params: list[Tensor], buffer: Tensor) -> None:
-        step = self._step
-        copy = buffer.clone()
-        step.counter.allocate(copy.numel() * copy.element_size())
-        step.stash_rows.setdefault(tuple(map(id, params)), []).append(copy)
-        offset = 0
-        for p in params:
-            step.stash_params.setdefault(id(p), []).append(copy[offset : offset + p.numel()])
-            offset += p.numel()
+    def _new_step(self) -> _Step:
+        counter = CommCounter()
+        return _Step(SlotExchanges(self.transport, self.slots_per_rank, counter), counter)
 
-    def _local_rows(self, params: list[Tensor], buffer: Tensor) -> list[Tensor]:
-        if self.slots_per_rank == 1:
-            return [buffer]
+    def _begin_layout(self) -> None:
         step = self._step
-        earlier = step.stash_rows.get(tuple(map(id, params)))
-        if earlier is None or len(earlier) != self.slots_per_rank - 1:
-            # DDP rebuilt its buckets between slots (after the first iteration): reassemble
-            # each earlier slot's rows for this bucket from the per-parameter views.
-            earlier = [
-                torch.cat([step.stash_params[id(p)][k] for p in params])
-                for k in range(self.slots_per_rank - 1)
-            ]
-        return [*earlier, buffer]
+        step.layout, step.stats = self._begin_step_stats(step.slots)
+        W, K = self.world_size, self.slots_per_rank
+        order = [r * K + k for k in range(K) for r in range(W)]
+        step.averaging = step.layout.averaging[:, order]
+        step.identity = step.layout.identity and order == sorted(order)
+
+    def _zeroed(self, buffer: Tensor, slot: int, sent: Future) -> Tensor:
+        """``buffer`` zeroed once its slot is sent (or the error the hook raises for a failed
+        collective, surfacing in DDP's wait)."""
+        try:
+            with peers():
+                sent.value()
+        except PeerError as error:
+            raise self._collective_failed(error, slot) from error
+        return buffer.zero_()
 
     def _segments(self, params: list[Tensor]) -> list[_Segment]:
         names = [self._name(p) for p in params]
@@ -220,27 +220,28 @@ class BucketMOOState(HookState):
         rows = job.exchange.rows()
         step.clock.lap("wait")
         lo, hi = job.exchange.lo, job.exchange.hi
-        R = rows.shape[0]
-        out = torch.zeros(len(job.segments), R, R, dtype=torch.float64, device=rows.device)
+        R, device = sum(block.shape[0] for block in rows), rows[0].device
+        out = torch.zeros(len(job.segments), R, R, dtype=torch.float64, device=device)
         for i, seg in enumerate(job.segments):
             a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
             if b > a:
-                row_gramian(rows[:, a:b], out=out[i])
-        if not step.layout.identity:
+                row_gramian([block[:, a:b] for block in rows], out=out[i])
+        if not step.identity:
+            assert step.averaging is not None
             with one_thread():  # T x WK products: tiny
-                out = task_gramian(out, step.layout.averaging.to(rows.device))
+                out = task_gramian(out, step.averaging.to(device))
         parts = [out.flatten()]
         if self._repair_idle:
-            parts.append(self._last_slot_activity(job, rows, lo, hi))
+            parts.append(self._last_slot_activity(job, rows[-1], lo, hi))
         partials = torch.cat(parts)
         step.clock.lap("gramian")
         return partials
 
-    def _last_slot_activity(self, job: _Job, rows: Tensor, lo: int, hi: int) -> Tensor:
-        K = self.slots_per_rank
-        last = rows[K - 1 :: K]  # every rank's last slot over [lo, hi)
+    def _last_slot_activity(self, job: _Job, last: Tensor, lo: int, hi: int) -> Tensor:
+        """Per parameter, how many of ``last`` (every rank's last slot over ``[lo, hi)``)'s
+        elements of it are nonzero."""
         nonzero = (last != 0).any(0).to(torch.float64)
-        counts = torch.zeros(len(job.params), dtype=torch.float64, device=rows.device)
+        counts = torch.zeros(len(job.params), dtype=torch.float64, device=last.device)
         offset = 0
         for i, p in enumerate(job.params):
             a, b = max(offset, lo) - lo, min(offset + p.numel(), hi) - lo
@@ -327,7 +328,8 @@ class BucketMOOState(HookState):
         step.counter.release(exchange.nbytes)
         # Slot weights: task weight spread over the task's slots, times K so that the update
         # is a combination of raw microbatch gradients (Lightning divides the loss by K).
-        slot_weights = weights @ (step.layout.averaging * float(self.slots_per_rank))
+        assert step.averaging is not None
+        slot_weights = weights @ (step.averaging * float(self.slots_per_rank))
         pieces = [(max(seg.start, lo) - lo, min(seg.end, hi) - lo) for seg in job.segments]
         kept = [i for i, (a, b) in enumerate(pieces) if b > a]
         if len(kept) < len(pieces):
@@ -379,7 +381,7 @@ class BucketMOOState(HookState):
         stats.peak_extra_bytes = step.counter.peak
         self.last_step = stats
         self.step += 1
-        self._step = _Step()
+        self._step = self._new_step()
 
 
 def _repair_idle_grads(jobs: list[_Job]) -> None:

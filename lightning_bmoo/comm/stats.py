@@ -11,8 +11,7 @@ from torch import Tensor
 #: Where the hook's time goes, in the order a bucket meets them (see ``StepStats.seconds``).
 PHASES = (
     "layout",  # the slot message every backward pass all-gathers (blocking, tiny)
-    "stash",  # copying the slots of earlier backward passes aside (K > 1)
-    "exchange",  # preparing and launching the exchange of slot rows
+    "exchange",  # launching the exchange of a slot's rows (every backward pass)
     "wait",  # waiting for exchanged rows to arrive
     "gramian",  # partial Gramians of the rows this rank holds
     "reduce",  # summing the T x T partials over ranks (blocking, small)
@@ -99,7 +98,7 @@ class StepStats:
             where the hook's time went on this rank. Waiting that happens after the hook
             returned (DDP waiting for the last all-gathers) is in none of them.
         peak_extra_bytes: most bytes of gradient-sized buffers the hook held at once beyond
-            DDP's own buckets (exchange buffers, slot stash, padded shards).
+            DDP's own buckets (exchanged rows, of the earlier slots too).
         dropped: languages dropped from some group for non-finite gradients.
         propagated: languages whose non-finite gradients reached the update
             (``nonfinite="propagate"``).
