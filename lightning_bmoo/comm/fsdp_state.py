@@ -160,8 +160,8 @@ class FSDPBucketMOOState(HookState):
         step.calls += 1
         step.order = zlib.crc32(unit.key.encode(), step.order)
         segments = unit.segments(output.numel())
-        exchange = self.transport.exchange([input], step.counter)
-        rows = exchange.rows()
+        exchange = self.transport.exchange(input, step.counter)
+        rows = exchange.rows()[0]
         languages = step.slots[-1]
         if len(step.slots) < self.slots_per_rank:
             self._keep(unit.key, segments, rows, languages)
