@@ -111,7 +111,7 @@ class Channels(NamedTuple):
     control: dist.ProcessGroup | None
 
 
-_SIDE_GROUPS: dict[tuple[tuple[int, ...], timedelta], tuple[object, Channels]] = {}
+_SIDE_GROUPS: dict[tuple[tuple[int, ...], timedelta, str | None], tuple[object, Channels]] = {}
 
 
 def group_timeout(group: dist.ProcessGroup | None) -> timedelta:
@@ -137,7 +137,10 @@ def open_channels(group: dist.ProcessGroup | None) -> Channels:
 
     The side groups get ``group``'s timeout, so that a stalled or dead rank makes every
     collective of the hook fail within the timeout the user configured, as DDP's own do
-    (``dist.new_group`` would otherwise default to 30 minutes).
+    (``dist.new_group`` would otherwise default to 30 minutes). The control group carries
+    CPU tensors (slot messages, ``T x T`` Gramians for the CPU solves): where ``group`` has no
+    CPU backend (``init_process_group("nccl")``, Lightning's choice on GPUs) it is a gloo
+    group of the same ranks.
 
     Every rank of the default group must call this at the same point (as for any
     ``dist.new_group``); registering the hook does, on every rank.
@@ -147,14 +150,16 @@ def open_channels(group: dist.ProcessGroup | None) -> Channels:
     ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
     timeout = group_timeout(group)
     world = dist.distributed_c10d._get_default_group()
-    key = (ranks, timeout)
+    devices = (group or world)._device_types
+    control_backend = None if torch.device("cpu") in devices else "gloo"
+    key = (ranks, timeout, control_backend)
     cached = _SIDE_GROUPS.get(key)
     # A cached pair belongs to a default group that may have been destroyed since.
     if cached is None or cached[0] is not world:
         side = Channels(
             group,
             dist.new_group(list(ranks), timeout=timeout),
-            dist.new_group(list(ranks), timeout=timeout),
+            dist.new_group(list(ranks), timeout=timeout, backend=control_backend),
         )
         _SIDE_GROUPS[key] = (world, side)
         return side
@@ -337,6 +342,9 @@ class ShardedTransport(Transport):
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         if self.world_size == 1:
             return partial
+        # On the control group, which may be CPU only (open_channels); the solves need the
+        # numbers on the CPU anyway.
+        partial = partial.cpu()
         with peers():
             dist.all_reduce(partial, group=self.channels.control)
         nbytes = 2 * (self.world_size - 1) * partial.numel() * partial.element_size()
