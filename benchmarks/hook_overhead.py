@@ -31,7 +31,7 @@ import torch
 import torch._dynamo  # DDP imports it lazily: import it once, before forking
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from lm import TransformerLM, train_step
+from lm import LANGUAGES, TransformerLM, train_step
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightning_bmoo.comm import register_bucket_moo_hook
@@ -39,7 +39,14 @@ from lightning_bmoo.comm import register_bucket_moo_hook
 VOCAB, WIDTH, LAYERS, HEADS, SEQ, BATCH = 8000, 384, 6, 6, 64, 8
 
 
-def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out: str) -> None:
+def languages(T: int) -> tuple[str, ...]:
+    """``T`` language names: the four real ones, then made-up tags."""
+    return LANGUAGES[:T] if len(LANGUAGES) >= T else tuple(f"x{i:02d}" for i in range(T))
+
+
+def _run(
+    rank: int, world: int, port: int, configs: list[dict], steps: int, warmup: int, out: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -67,22 +74,24 @@ def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out:
                 "sent": [],
                 "hook": [],
                 "held": [],
+                "phases": [],
                 "g": torch.Generator().manual_seed(rank),
             }
         )
-    warmup = 3
     for step in range(warmup + steps):
         for config, run in zip(configs, runs):
             dist.barrier()
             start = time.perf_counter()
             tokens = torch.randint(0, VOCAB, (config["slots"], BATCH, SEQ + 1), generator=run["g"])
-            train_step(run["ddp"], run["state"], run["opt"], tokens, rank, step)
+            names = languages(config.get("languages", len(LANGUAGES)))
+            train_step(run["ddp"], run["state"], run["opt"], tokens, rank, step, names)
             run["times"].append(time.perf_counter() - start)
             last = run["state"].last_step if run["state"] is not None else None
             if last is not None and step >= 1:  # DDP's first iteration has one huge bucket
                 run["sent"].append(sum(last.bytes_sent.values()))
                 run["hook"].append(last.hook_seconds)
                 run["held"].append(last.peak_extra_bytes)
+                run["phases"].append(last.seconds)
     numel = sum(p.numel() for p in runs[0]["ddp"].module.parameters())
     results = [
         {
@@ -90,8 +99,14 @@ def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out:
             "sent": statistics.median(run["sent"])
             if run["sent"]
             else 2 * (world - 1) / world * numel * 4,
-            "hook": statistics.median(run["hook"]) if run["hook"] else 0.0,
+            "hook": statistics.median(run["hook"][warmup - 1 :]) if run["hook"] else 0.0,
             "held_mb": max(run["held"]) / 2**20 if run["held"] else 0.0,
+            # Median per phase (after warm-up): the phases then add up to about "hook".
+            "phases": {
+                phase: statistics.median(p[phase] for p in run["phases"][warmup - 1 :])
+                for phase in (run["phases"][0] if run["phases"] else {})
+            },
+            "groups": len(run["state"].last_step.groups) if run["state"] is not None else 0,
             "numel": numel,
         }
         for run in runs
@@ -104,15 +119,19 @@ def _run(rank: int, world: int, port: int, configs: list[dict], steps: int, out:
     dist.destroy_process_group()
 
 
-def run_configs(configs: list[dict], steps: int, world: int) -> list[dict]:
-    """Runs configurations side by side in fresh processes; returns rank 0's measurements."""
+def run_configs(configs: list[dict], steps: int, world: int, warmup: int = 3) -> list[dict]:
+    """Runs configurations side by side in fresh processes; returns rank 0's measurements.
+
+    Each configuration is a dict with ``bucket_mb``, ``slots`` (K), ``aggregator`` (``None``
+    for plain DDP), ``transport``, ``granularity`` and optionally ``languages`` (T).
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.pt")
         mp.start_processes(
-            _run, args=(world, port, configs, steps, out), nprocs=world, start_method="fork"
+            _run, args=(world, port, configs, steps, warmup, out), nprocs=world, start_method="fork"
         )
         return torch.load(out)
 

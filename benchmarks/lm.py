@@ -52,11 +52,18 @@ def next_token_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def train_step(
-    model: nn.Module, state: Any, optimizer: Any, tokens: torch.Tensor, rank: int, step: int
+    model: nn.Module,
+    state: Any,
+    optimizer: Any,
+    tokens: torch.Tensor,
+    rank: int,
+    step: int,
+    languages: tuple[str, ...] = LANGUAGES,
 ) -> None:
     """One optimizer step of ``K = len(tokens)`` slots (``tokens``: K x batch x seq + 1).
 
-    With a hook ``state``, slot ``k`` of this rank holds a language rotating with the step.
+    With a hook ``state``, slot ``s = rank K + k`` of step ``t`` holds language
+    ``(t + s) mod T`` of ``languages``: ``min(T, W K)`` languages a step.
     """
     K = len(tokens)
     for k in range(K):
@@ -64,7 +71,7 @@ def train_step(
         if state is None:
             loss.backward()
         else:
-            with state.slot(LANGUAGES[(step + rank * K + k) % len(LANGUAGES)]):
+            with state.slot(languages[(step + rank * K + k) % len(languages)]):
                 loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)

@@ -138,10 +138,11 @@ def interference(stats: StepStats, step: int | None = None) -> Interference:
         raise ValueError(f"Step {stats.step} recorded no group: nothing to measure.")
     tasks = list(stats.tasks)
     T = len(tasks)
-    raw = torch.stack([g.gramian.to(torch.float64) for g in stats.groups])  # G x T x T
+    # One conversion per stack, not per group: hundreds of groups at T = 16 every step.
+    raw = torch.stack([g.gramian for g in stats.groups]).to(torch.float64)  # G x T x T
     grams = torch.nan_to_num(raw, nan=0.0, posinf=0.0, neginf=0.0)
-    weights = torch.stack([g.weights.to(torch.float64) for g in stats.groups])  # G x T
-    active = torch.stack([g.active.to(torch.bool) for g in stats.groups])  # G x T
+    weights = torch.stack([g.weights for g in stats.groups]).to(torch.float64)  # G x T
+    active = torch.stack([g.active for g in stats.groups]).to(torch.bool)  # G x T
     numel = torch.tensor([g.numel for g in stats.groups], dtype=torch.float64)
 
     dot = grams.sum(0)
@@ -256,24 +257,29 @@ def step_scalars(fig: Interference) -> dict[str, float]:
         vocab.FALLBACKS.key(): float(fig.fallbacks),
     }
     tasks = fig.tasks
-    for i, a in enumerate(tasks):
-        out[vocab.GRAD_NORM.key(a)] = float(fig.grad_norm[i])
-        out[vocab.WEIGHT.key(a)] = float(fig.weight[i])
-        out[vocab.WEIGHT_STD.key(a)] = float(fig.weight_std[i])
-        out[vocab.GAIN.key(a)] = float(fig.gain[i])
-        out[vocab.GAIN_MEAN.key(a)] = float(fig.gain_mean[i])
+    # Python floats first: indexing a tensor per pair costs more than the figures at T = 16.
+    columns = zip(fig.grad_norm.tolist(), fig.weight.tolist(), fig.weight_std.tolist())
+    gains = zip(fig.gain.tolist(), fig.gain_mean.tolist())
+    cos = fig.cos.tolist()
+    for i, (a, (norm, weight, std), (gain, gain_mean)) in enumerate(zip(tasks, columns, gains)):
+        out[vocab.GRAD_NORM.key(a)] = norm
+        out[vocab.WEIGHT.key(a)] = weight
+        out[vocab.WEIGHT_STD.key(a)] = std
+        out[vocab.GAIN.key(a)] = gain
+        out[vocab.GAIN_MEAN.key(a)] = gain_mean
         for j in range(i + 1, len(tasks)):
-            out[vocab.COS.key(a, tasks[j])] = float(fig.cos[i, j])
+            out[vocab.COS.key(a, tasks[j])] = cos[i][j]
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
 def step_dots(fig: Interference) -> dict[tuple[str, str], float]:
     """``g_i . g_j`` of every ordered pair ``(i, j)``, ``i != j``, for affinities."""
+    dot = fig.dot.tolist()
     return {
-        (a, b): float(fig.dot[i, j])
+        (a, b): dot[i][j]
         for i, a in enumerate(fig.tasks)
         for j, b in enumerate(fig.tasks)
-        if i != j and math.isfinite(float(fig.dot[i, j]))
+        if i != j and math.isfinite(dot[i][j])
     }
 
 

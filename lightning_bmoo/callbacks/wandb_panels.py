@@ -42,6 +42,16 @@ def define_metrics(run: Any, prefix: str) -> None:
             )
 
 
+# Values are written into the cells of matrices up to 10 x 10: every text costs milliseconds
+# to lay out and draw, and beyond that the numbers are unreadable (the scalars carry them).
+_MAX_ANNOTATED = 100
+_MAX_INCHES = 14.0
+# The group heatmap shows the most conflicting groups and, at many languages, the pairs
+# that conflict most among them (T = 16 has 120 pairs).
+_MAX_GROUPS = 40
+_MAX_PAIRS = 24
+
+
 def heatmap(
     matrix: Tensor,
     labels: Sequence[str],
@@ -78,11 +88,13 @@ def heatmap(
     # Figure() rather than pyplot: no global state, no GUI backend, nothing to close.
     # Sized for the text as well as the cells: with long group keys or a long title on a
     # small matrix, constrained layout otherwise has no room left and warns at every draw.
+    # Large matrices get smaller cells: the image's pixels (and its encoding) stay bounded.
     row_text = max((len(str(label)) for label in labels), default=0)
     column_text = max((len(str(label)) for label in columns), default=0)
     rotated = cols > 6
     width = max(1.2 + 0.55 * cols + 0.075 * row_text, 0.085 * len(title) + 0.5)
     height = 1.4 + 0.45 * rows + (0.05 * column_text if rotated else 0.0)
+    width, height = min(width, _MAX_INCHES), min(height, _MAX_INCHES)
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(
@@ -95,7 +107,7 @@ def heatmap(
     ax.set_xticks(range(cols), columns, rotation=45 if rotated else 0, ha="right")
     ax.set_yticks(range(rows), list(labels))
     ax.set_title(title)
-    if rows * cols <= 400:
+    if rows * cols <= _MAX_ANNOTATED:
         for r in range(rows):
             for c in range(cols):
                 if not math.isnan(values[r, c]):
@@ -140,11 +152,16 @@ def _group_heatmap(fig: Interference) -> Figure:
     tasks = fig.tasks
     pairs = [(i, j) for i in range(len(tasks)) for j in range(i + 1, len(tasks))]
     # Large models have hundreds of groups: show the most conflicting ones only.
-    keys = list(dict.fromkeys(c.key for c in fig.conflicts[:40]))
+    keys = list(dict.fromkeys(c.key for c in fig.conflicts[:_MAX_GROUPS]))
     position = {key: g for g, key in enumerate(fig.group_keys)}
-    rows = [[float(fig.group_cos[position[k], i, j]) for i, j in pairs] for k in keys]
+    shown = fig.group_cos[[position[k] for k in keys]]  # groups x T x T
+    values = torch.stack([shown[:, i, j] for i, j in pairs], dim=1)  # groups x pairs
+    if len(pairs) > _MAX_PAIRS:
+        lowest = torch.nan_to_num(values, nan=math.inf).amin(0)
+        keep = sorted(lowest.argsort()[:_MAX_PAIRS].tolist())
+        values, pairs = values[:, keep], [pairs[p] for p in keep]
     return heatmap(
-        torch.tensor(rows, dtype=torch.float64).reshape(len(keys), len(pairs)),
+        values,
         keys,
         f"{vocab.GROUP_COS_HEATMAP.title}, step {fig.step} (most conflicting first)",
         columns=[vocab.pair_name(tasks[i], tasks[j]) for i, j in pairs],

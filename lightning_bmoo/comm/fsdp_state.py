@@ -27,7 +27,7 @@ from .layout import SLOT_MESSAGE_BYTES, Layout
 from .linalg import combine_rows, row_gramian, task_gramian
 from .options import HookOptions
 from .stats import StepStats
-from .transports import CommCounter, PeerError, ShardedTransport, group_timeout
+from .transports import CommCounter, PeerError, ShardedTransport
 
 # Fingerprints below 2**18: their squares summed over up to 2**16 ranks stay exact in float64.
 _FINGERPRINT = 1 << 18
@@ -117,14 +117,6 @@ class FSDPBucketMOOState(HookState):
             layout_extra={"fsdp_units": [unit.key for unit in units]},
         )
         self.units = units
-        if torch.device("cpu") not in self.process_group._device_types:
-            # An NCCL-only group (backend="nccl", Lightning's default on GPUs) carries no CPU
-            # tensors: slot messages and T x T Gramians travel on a gloo group of the same
-            # ranks and timeout (the Gramians go to the CPU for the solve anyway).
-            ranks = dist.get_process_group_ranks(self.process_group)
-            timeout = group_timeout(self.process_group)
-            control = dist.new_group(ranks, timeout=timeout, backend="gloo")
-            self.channels = self.channels._replace(control=control)
         self.transport = ShardedTransport(self.channels, self.rank, self.world_size)
         self._step = _Step()
 
@@ -160,8 +152,8 @@ class FSDPBucketMOOState(HookState):
         step.calls += 1
         step.order = zlib.crc32(unit.key.encode(), step.order)
         segments = unit.segments(output.numel())
-        exchange = self.transport.exchange([input], step.counter)
-        rows = exchange.rows()
+        exchange = self.transport.exchange(input, step.counter)
+        rows = exchange.rows()[0]
         languages = step.slots[-1]
         if len(step.slots) < self.slots_per_rank:
             self._keep(unit.key, segments, rows, languages)

@@ -68,7 +68,9 @@ def solve_group(
 
     Args:
         gramian: ``T x T`` float64 CPU Gramian of the languages' gradients in this group,
-            symmetric, NaN in the rows of non-finite languages.
+            exactly symmetric (symmetrise sums of partial products once, ``(M + M.T) / 2``:
+            the aggregator is called with ``validate=False``), NaN in the rows of non-finite
+            languages.
         tasks: the ``T`` language names.
         aggregator: the method.
         nonfinite: ``"drop"`` or ``"propagate"``.
@@ -78,9 +80,11 @@ def solve_group(
             languages (no effect on a vanished update or on the fallback).
     """
     T = len(tasks)
-    diag = gramian.diagonal()
-    finite = torch.isfinite(diag)
-    all_finite = bool(finite.all())
+    # Hundreds of groups a step, each a few microseconds of torch ops: the bookkeeping is done
+    # on Python floats, and the common case (every language active) indexes nothing.
+    diag = gramian.diagonal().tolist()
+    finite = [math.isfinite(d) for d in diag]
+    all_finite = all(finite)
     if not all_finite and nonfinite == "propagate":
         # Plain DDP's average: NaN/inf reach the gradients and GradScaler skips the step.
         return Solution(
@@ -88,20 +92,24 @@ def solve_group(
             torch.full((T,), 1.0 / T, dtype=torch.float64),
             propagated=True,
         )
-    dropped = () if all_finite else tuple(tasks[t] for t in (~finite).nonzero().flatten().tolist())
-    active = finite & (diag > 0)
-    weights = torch.zeros(T, dtype=torch.float64)
-    index = active.nonzero().flatten()
-    n = index.numel()
-    if n == 0:
-        return Solution(active, weights, dropped)
-    sub = gramian[index][:, index]
+    dropped = () if all_finite else tuple(tasks[t] for t in range(T) if not finite[t])
+    index = [t for t in range(T) if finite[t] and diag[t] > 0]
+    n = len(index)
+    if n == T:
+        active, sub, names = torch.ones(T, dtype=torch.bool), gramian, list(tasks)
+    else:
+        active = torch.zeros(T, dtype=torch.bool)
+        active[index] = True
+        if n == 0:
+            return Solution(active, torch.zeros(T, dtype=torch.float64), dropped)
+        rows = torch.tensor(index)
+        sub, names = gramian[rows][:, rows], [tasks[t] for t in index]
     fallback = None
     try:
-        chosen = aggregator(
-            sub, tasks=[tasks[t] for t in index.tolist()], key=key, generator=generator
-        )
-        if chosen.shape != (n,) or not bool(torch.isfinite(chosen).all()):
+        # The hook's Gramians are float64, finite on the active rows, and exactly symmetric
+        # (it symmetrises them once, after summing over ranks): the checks would find nothing.
+        chosen = aggregator(sub, tasks=names, key=key, generator=generator, validate=False)
+        if chosen.shape != (n,) or not all(map(math.isfinite, chosen.tolist())):
             fallback = f"it returned {chosen.tolist()!r} for {n} languages"
     except Exception as error:  # any solver failure: the group falls back, training goes on
         fallback = f"it raised {type(error).__name__}: {error}"
@@ -111,7 +119,11 @@ def solve_group(
     if direction_only and fallback is None:
         scale = _mean_length_scale(sub, chosen)
         chosen = chosen * scale
-    weights[index] = chosen.to(torch.float64)
+    if n == T:
+        weights = chosen.to(torch.float64, copy=True)  # the aggregator may keep what it returns
+    else:
+        weights = torch.zeros(T, dtype=torch.float64)
+        weights[index] = chosen.to(torch.float64)
     return Solution(active, weights, dropped, fallback=fallback, scale=scale)
 
 

@@ -1,9 +1,8 @@
-"""The DDP hook's state: slots kept apart per bucket, exchanged, solved and combined."""
+"""The DDP hook's state: each bucket's slots exchanged, solved and combined, phase by phase."""
 
 from __future__ import annotations
 
 import functools
-import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,9 +15,10 @@ from torch.futures import Future
 from ..aggregators import Aggregator
 from .base import HookState
 from .layout import SLOT_MESSAGE_BYTES, Layout
-from .linalg import combine_rows, row_gramian, task_gramian
+from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
-from .stats import GroupStats, StepStats
+from .slots import SlotExchanges
+from .stats import GroupStats, PhaseClock, StepStats
 from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, peers
 
 
@@ -53,15 +53,18 @@ class _Job:
 class _Step:
     """Scratch of the step in progress; replaced by a fresh one when the step completes."""
 
+    exchanges: SlotExchanges
+    counter: CommCounter
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
     layout: Layout | None = None
+    # The layout's averaging matrix with its columns in the order of the exchanged rows
+    # (slot-major: row k W + r is slot k of rank r, which the layout numbers r K + k).
+    averaging: Tensor | None = None
+    identity: bool = False  # whether that matrix is the identity
     stats: StepStats | None = None
-    stash_rows: dict[tuple[int, ...], list[Tensor]] = field(default_factory=dict)
-    stash_params: dict[int, list[Tensor]] = field(default_factory=dict)
     jobs: list[_Job] = field(default_factory=list)  # the last slot's buckets, in order
     solved: int = 0  # how many jobs have their Gramians
-    counter: CommCounter = field(default_factory=CommCounter)
-    seconds: float = 0.0
+    clock: PhaseClock = field(default_factory=PhaseClock)
     bucket_calls: int = 0  # buckets seen in the current backward pass
 
 
@@ -114,7 +117,7 @@ class BucketMOOState(HookState):
         )
         # Only parameters some slot left unused need the repair, and only with several slots.
         self._repair_idle = bool(find_unused_parameters) and self.slots_per_rank > 1
-        self._step = _Step()
+        self._step = self._new_step()
 
     @property
     def slot_index(self) -> int:
@@ -136,8 +139,9 @@ class BucketMOOState(HookState):
             raise self._collective_failed(error, len(self._step.slots)) from error
 
     def _on_bucket(self, bucket: dist.GradBucket) -> Future:
-        start = time.perf_counter()
         step = self._step
+        clock = step.clock
+        clock.start()
         buffer = bucket.buffer()
         params = bucket.parameters()
         if step.bucket_calls == 0:
@@ -145,51 +149,52 @@ class BucketMOOState(HookState):
             if self.world_size > 1:
                 nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
                 step.counter.add("layout", nbytes, nbytes)
+            clock.lap("layout")
         step.bucket_calls += 1
-        if len(step.slots) < self.slots_per_rank:
-            self._stash(params, buffer)
+        slot = len(step.slots) - 1
+        if slot < self.slots_per_rank - 1:
+            _, sent = step.exchanges.send(slot, params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
-            future: Future = Future()
-            future.set_result(buffer.zero_())
+            future = sent.then(functools.partial(self._zeroed, buffer, slot))
+            clock.lap("exchange")
         else:
             if step.layout is None:
-                step.layout, step.stats = self._begin_step_stats(step.slots)
+                self._begin_layout()
             self._progress(final=False)
-            rows = self._local_rows(params, buffer)
-            exchange = self.transport.exchange(rows, step.counter)
+            clock.lap("other")
+            exchange, _ = step.exchanges.send(slot, params, buffer)
+            clock.lap("exchange")
             job = _Job(exchange, self._segments(params), buffer, params)
             step.jobs.append(job)
             if bucket.is_last():
                 self._progress(final=True)
             future = job.future
-        step.seconds += time.perf_counter() - start
         if bucket.is_last():
             self._end_backward()
+        clock.lap("other")
         return future
 
-    def _stash(self, params: list[Tensor], buffer: Tensor) -> None:
-        step = self._step
-        copy = buffer.clone()
-        step.counter.allocate(copy.numel() * copy.element_size())
-        step.stash_rows.setdefault(tuple(map(id, params)), []).append(copy)
-        offset = 0
-        for p in params:
-            step.stash_params.setdefault(id(p), []).append(copy[offset : offset + p.numel()])
-            offset += p.numel()
+    def _new_step(self) -> _Step:
+        counter = CommCounter()
+        return _Step(SlotExchanges(self.transport, self.slots_per_rank, counter), counter)
 
-    def _local_rows(self, params: list[Tensor], buffer: Tensor) -> list[Tensor]:
-        if self.slots_per_rank == 1:
-            return [buffer]
+    def _begin_layout(self) -> None:
         step = self._step
-        earlier = step.stash_rows.get(tuple(map(id, params)))
-        if earlier is None or len(earlier) != self.slots_per_rank - 1:
-            # DDP rebuilt its buckets between slots (after the first iteration): reassemble
-            # each earlier slot's rows for this bucket from the per-parameter views.
-            earlier = [
-                torch.cat([step.stash_params[id(p)][k] for p in params])
-                for k in range(self.slots_per_rank - 1)
-            ]
-        return [*earlier, buffer]
+        step.layout, step.stats = self._begin_step_stats(step.slots)
+        W, K = self.world_size, self.slots_per_rank
+        order = [r * K + k for k in range(K) for r in range(W)]
+        step.averaging = step.layout.averaging[:, order]
+        step.identity = step.layout.identity and order == sorted(order)
+
+    def _zeroed(self, buffer: Tensor, slot: int, sent: Future) -> Tensor:
+        """``buffer`` zeroed once its slot is sent (or the error the hook raises for a failed
+        collective, surfacing in DDP's wait)."""
+        try:
+            with peers():
+                sent.value()
+        except PeerError as error:
+            raise self._collective_failed(error, slot) from error
+        return buffer.zero_()
 
     def _segments(self, params: list[Tensor]) -> list[_Segment]:
         names = [self._name(p) for p in params]
@@ -211,27 +216,32 @@ class BucketMOOState(HookState):
         """
         step = self._step
         assert job.exchange is not None and step.layout is not None
+        step.clock.lap("other")
         rows = job.exchange.rows()
+        step.clock.lap("wait")
         lo, hi = job.exchange.lo, job.exchange.hi
-        T = len(step.layout.tasks)
-        out = torch.zeros(len(job.segments), T, T, dtype=torch.float64, device=rows.device)
-        averaging = step.layout.averaging.to(rows.device)
+        R, device = sum(block.shape[0] for block in rows), rows[0].device
+        out = torch.zeros(len(job.segments), R, R, dtype=torch.float64, device=device)
         for i, seg in enumerate(job.segments):
             a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
-            if b <= a:
-                continue
-            gram = row_gramian(rows[:, a:b])
-            out[i] = gram if step.layout.identity else task_gramian(gram, averaging)
+            if b > a:
+                row_gramian([block[:, a:b] for block in rows], out=out[i])
+        if not step.identity:
+            assert step.averaging is not None
+            with one_thread():  # T x WK products: tiny
+                out = task_gramian(out, step.averaging.to(device))
         parts = [out.flatten()]
         if self._repair_idle:
-            parts.append(self._last_slot_activity(job, rows, lo, hi))
-        return torch.cat(parts)
+            parts.append(self._last_slot_activity(job, rows[-1], lo, hi))
+        partials = torch.cat(parts)
+        step.clock.lap("gramian")
+        return partials
 
-    def _last_slot_activity(self, job: _Job, rows: Tensor, lo: int, hi: int) -> Tensor:
-        K = self.slots_per_rank
-        last = rows[K - 1 :: K]  # every rank's last slot over [lo, hi)
+    def _last_slot_activity(self, job: _Job, last: Tensor, lo: int, hi: int) -> Tensor:
+        """Per parameter, how many of ``last`` (every rank's last slot over ``[lo, hi)``)'s
+        elements of it are nonzero."""
         nonzero = (last != 0).any(0).to(torch.float64)
-        counts = torch.zeros(len(job.params), dtype=torch.float64, device=rows.device)
+        counts = torch.zeros(len(job.params), dtype=torch.float64, device=last.device)
         offset = 0
         for i, p in enumerate(job.params):
             a, b = max(offset, lo) - lo, min(offset + p.numel(), hi) - lo
@@ -252,21 +262,29 @@ class BucketMOOState(HookState):
         step = self._step
         assert step.stats is not None and step.layout is not None
         T = len(step.layout.tasks)
-        scale = float(self.slots_per_rank) ** 2
+        clock = step.clock
         for job in step.jobs[step.solved :]:
             summed = self.transport.reduce(self._partials(job), step.counter).cpu()
+            clock.lap("reduce")
             S = len(job.segments)
-            grams = summed[: S * T * T].view(S, T, T) * scale
-            # Partial products summed over ranks and chunks are symmetric only to rounding.
+            grams = summed[: S * T * T].view(S, T, T)
+            if self.slots_per_rank > 1:
+                grams = grams * float(self.slots_per_rank) ** 2
+            # Partial products summed over ranks and chunks are symmetric only to rounding;
+            # exactly symmetric, they need no validation in the solve.
             job.gramians = (grams + grams.transpose(1, 2)) / 2
-            job.idle = (summed[S * T * T :] == 0).tolist()
+            if self._repair_idle:
+                job.idle = (summed[S * T * T :] == 0).tolist()
             if self.granularity != "global":
-                groups = [
-                    self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
-                    for g, seg in zip(job.gramians, job.segments)
-                ]
+                clock.lap("other")
+                with one_thread():
+                    groups = [
+                        self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
+                        for g, seg in zip(job.gramians.unbind(), job.segments)
+                    ]
                 step.stats.groups.extend(groups)
-                self._finish(job, [group.weights for group in groups])
+                clock.lap("solve")
+                self._finish(job, torch.stack([group.weights for group in groups]))
         step.solved = len(step.jobs)
         if final and self.granularity == "global":
             self._finish_global()
@@ -275,12 +293,16 @@ class BucketMOOState(HookState):
         step = self._step
         assert step.stats is not None
         total = torch.stack([job.gramians.sum(0) for job in step.jobs]).sum(0)
+        total = (total + total.T) / 2  # exactly symmetric, whatever order the sum took
         names = [n for job in step.jobs for seg in job.segments for n in seg.names]
         numel = sum(job.numel for job in step.jobs)
-        solved = self._solve(total, step.stats, "global", numel, names)
+        step.clock.lap("other")
+        with one_thread():
+            solved = self._solve(total, step.stats, "global", numel, names)
+        step.clock.lap("solve")
         step.stats.global_group = solved
         for job in step.jobs:
-            for gram, seg in zip(job.gramians, job.segments):
+            for gram, seg in zip(job.gramians.unbind(), job.segments):
                 step.stats.groups.append(
                     GroupStats(
                         seg.key,
@@ -293,9 +315,11 @@ class BucketMOOState(HookState):
                         scale=solved.scale,
                     )
                 )
-            self._finish(job, [solved.weights] * len(job.segments))
+            self._finish(job, solved.weights.expand(len(job.segments), -1))
 
-    def _finish(self, job: _Job, weights: list[Tensor]) -> None:
+    def _finish(self, job: _Job, weights: Tensor) -> None:
+        """Combines the job's rows with ``weights`` (one row of ``T`` per segment) and starts
+        delivering the bucket."""
         step = self._step
         assert job.exchange is not None and step.layout is not None
         exchange, job.exchange = job.exchange, None
@@ -304,17 +328,21 @@ class BucketMOOState(HookState):
         step.counter.release(exchange.nbytes)
         # Slot weights: task weight spread over the task's slots, times K so that the update
         # is a combination of raw microbatch gradients (Lightning divides the loss by K).
-        to_slots = step.layout.averaging.T * float(self.slots_per_rank)
-        slot_weights = [to_slots @ w for w in weights]
-        segments = job.segments
+        assert step.averaging is not None
+        slot_weights = weights @ (step.averaging * float(self.slots_per_rank))
+        pieces = [(max(seg.start, lo) - lo, min(seg.end, hi) - lo) for seg in job.segments]
+        kept = [i for i, (a, b) in enumerate(pieces) if b > a]
+        if len(kept) < len(pieces):
+            slot_weights, pieces = slot_weights[kept], [pieces[i] for i in kept]
+        clock = step.clock
 
         def combined(out: Tensor) -> None:
-            for seg, v in zip(segments, slot_weights):
-                a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
-                if b > a:
-                    combine_rows(rows[:, a:b], v, out[a:b])
+            clock.lap("other")
+            combine_ranges(rows, slot_weights, pieces, out)
+            clock.lap("combine")
 
         result = self.transport.finish(combined, job.bucket, step.counter)
+        clock.lap("gather")
         target = job.future
         failed = functools.partial(self._collective_failed, slot=len(step.slots) - 1)
 
@@ -347,11 +375,13 @@ class BucketMOOState(HookState):
         stats.bytes_sent = dict(step.counter.sent)
         stats.bytes_received = dict(step.counter.received)
         stats.collectives = dict(step.counter.collectives)
-        stats.hook_seconds = step.seconds
+        step.clock.lap("other")
+        stats.seconds = dict(step.clock.seconds)
+        stats.hook_seconds = sum(stats.seconds.values())
         stats.peak_extra_bytes = step.counter.peak
         self.last_step = stats
         self.step += 1
-        self._step = _Step()
+        self._step = self._new_step()
 
 
 def _repair_idle_grads(jobs: list[_Job]) -> None:

@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+#: Where the hook's time goes, in the order a bucket meets them (see ``StepStats.seconds``).
+PHASES = (
+    "layout",  # the slot message every backward pass all-gathers (blocking, tiny)
+    "exchange",  # launching the exchange of a slot's rows (every backward pass)
+    "wait",  # waiting for exchanged rows to arrive
+    "gramian",  # partial Gramians of the rows this rank holds
+    "reduce",  # summing the T x T partials over ranks (blocking, small)
+    "solve",  # solve_group: the aggregator and its bookkeeping, per group
+    "combine",  # the weighted sum of the rows
+    "gather",  # launching the all-gather of the combined shards
+    "other",  # the rest: Python bookkeeping of the hook
+)
+
+
+class PhaseClock:
+    """Wall time per phase of :data:`PHASES`, lap by lap: one ``perf_counter`` call each.
+
+    :meth:`start` on entering the hook, then :meth:`lap` after each piece of work names the
+    phase the time since the previous lap belongs to.
+    """
+
+    __slots__ = ("last", "seconds")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(PHASES, 0.0)
+        self.last = 0.0
+
+    def start(self) -> None:
+        """Starts timing (on entering the hook)."""
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        """Adds the time since the previous lap (or :meth:`start`) to ``phase``."""
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
 
 
 @dataclass
@@ -56,8 +94,11 @@ class StepStats:
         bytes_received: bytes this rank received, per collective kind.
         collectives: number of collectives issued, per kind.
         hook_seconds: wall time spent inside the hook.
+        seconds: ``hook_seconds`` split by phase (the keys of :data:`PHASES`, in that order):
+            where the hook's time went on this rank. Waiting that happens after the hook
+            returned (DDP waiting for the last all-gathers) is in none of them.
         peak_extra_bytes: most bytes of gradient-sized buffers the hook held at once beyond
-            DDP's own buckets (exchange buffers, slot stash, padded shards).
+            DDP's own buckets (exchanged rows, of the earlier slots too).
         dropped: languages dropped from some group for non-finite gradients.
         propagated: languages whose non-finite gradients reached the update
             (``nonfinite="propagate"``).
@@ -72,6 +113,7 @@ class StepStats:
     bytes_received: dict[str, int] = field(default_factory=dict)
     collectives: dict[str, int] = field(default_factory=dict)
     hook_seconds: float = 0.0
+    seconds: dict[str, float] = field(default_factory=dict)
     peak_extra_bytes: int = 0
     dropped: set[str] = field(default_factory=set)
     propagated: set[str] = field(default_factory=set)

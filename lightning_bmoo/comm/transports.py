@@ -71,25 +71,29 @@ def _completed(value: Tensor) -> Future:
 
 
 class Exchange:
-    """Rows of every slot over ``[lo, hi)`` of a bucket, possibly still in flight.
+    """Rows of every rank's slots over ``[lo, hi)`` of one bucket, possibly still in flight.
 
-    ``nbytes`` is what the exchange allocated (released when the state drops it).
+    The rows come in blocks (one per :meth:`Transport.block` call), each holding some slots
+    of every rank, slot-major: row ``k * W + r`` of a block is its slot ``k`` of rank ``r``.
+    ``nbytes`` is what the blocks allocated (released when the state drops the exchange).
     """
 
-    __slots__ = ("_rows", "_work", "hi", "lo", "nbytes")
+    __slots__ = ("_works", "blocks", "hi", "lo", "nbytes")
 
-    def __init__(
-        self, rows: Tensor, lo: int, hi: int, work: dist.Work | None, nbytes: int = 0
-    ) -> None:
-        self._rows, self.lo, self.hi, self._work, self.nbytes = rows, lo, hi, work, nbytes
+    def __init__(self, lo: int, hi: int) -> None:
+        self.lo, self.hi = lo, hi
+        self.blocks: list[Tensor] = []
+        self.nbytes = 0
+        self._works: list[dist.Work] = []
 
-    def rows(self) -> Tensor:
-        """Waits for the exchange and returns the ``WK x (hi - lo)`` rows."""
-        if self._work is not None:
+    def rows(self) -> list[Tensor]:
+        """Waits for every transfer into the exchange and returns its blocks of rows."""
+        if self._works:
             with peers():
-                self._work.wait()
-            self._work = None
-        return self._rows
+                for work in self._works:
+                    work.wait()
+            self._works = []
+        return self.blocks
 
 
 class Channels(NamedTuple):
@@ -107,7 +111,7 @@ class Channels(NamedTuple):
     control: dist.ProcessGroup | None
 
 
-_SIDE_GROUPS: dict[tuple[tuple[int, ...], timedelta], tuple[object, Channels]] = {}
+_SIDE_GROUPS: dict[tuple[tuple[int, ...], timedelta, str | None], tuple[object, Channels]] = {}
 
 
 def group_timeout(group: dist.ProcessGroup | None) -> timedelta:
@@ -133,7 +137,10 @@ def open_channels(group: dist.ProcessGroup | None) -> Channels:
 
     The side groups get ``group``'s timeout, so that a stalled or dead rank makes every
     collective of the hook fail within the timeout the user configured, as DDP's own do
-    (``dist.new_group`` would otherwise default to 30 minutes).
+    (``dist.new_group`` would otherwise default to 30 minutes). The control group carries
+    CPU tensors (slot messages, ``T x T`` Gramians for the CPU solves): where ``group`` has no
+    CPU backend (``init_process_group("nccl")``, Lightning's choice on GPUs) it is a gloo
+    group of the same ranks.
 
     Every rank of the default group must call this at the same point (as for any
     ``dist.new_group``); registering the hook does, on every rank.
@@ -143,21 +150,30 @@ def open_channels(group: dist.ProcessGroup | None) -> Channels:
     ranks = tuple(dist.get_process_group_ranks(group or dist.group.WORLD))
     timeout = group_timeout(group)
     world = dist.distributed_c10d._get_default_group()
-    cached = _SIDE_GROUPS.get((ranks, timeout))
+    devices = (group or world)._device_types
+    control_backend = None if torch.device("cpu") in devices else "gloo"
+    key = (ranks, timeout, control_backend)
+    cached = _SIDE_GROUPS.get(key)
     # A cached pair belongs to a default group that may have been destroyed since.
     if cached is None or cached[0] is not world:
         side = Channels(
             group,
             dist.new_group(list(ranks), timeout=timeout),
-            dist.new_group(list(ranks), timeout=timeout),
+            dist.new_group(list(ranks), timeout=timeout, backend=control_backend),
         )
-        _SIDE_GROUPS[ranks, timeout] = (world, side)
+        _SIDE_GROUPS[key] = (world, side)
         return side
     return Channels(group, cached[1].gather, cached[1].control)
 
 
 class Transport(ABC):
-    """Moves slot gradients between the ranks of ``channels``."""
+    """Moves slot gradients between the ranks of ``channels``.
+
+    For a bucket of ``n`` elements: :meth:`open` an exchange over this rank's range, give it
+    a :meth:`block` of rows for some slots, :meth:`send` each slot's row into its place as
+    soon as its backward pass produced it, :meth:`reduce` the partial Gramians, and
+    :meth:`finish` the combined range into the whole bucket.
+    """
 
     name: str
 
@@ -166,17 +182,62 @@ class Transport(ABC):
         self.group = channels.exchange
 
     @abstractmethod
-    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
-        """Starts moving this rank's ``K`` slot rows (1-D, ``n`` each); returns the exchange."""
+    def bounds(self, n: int) -> tuple[int, int]:
+        """This rank's range ``[lo, hi)`` of a bucket of ``n`` elements."""
 
-    @staticmethod
-    def _local(slots: list[Tensor], counter: CommCounter) -> Exchange:
-        if len(slots) == 1:
-            return Exchange(slots[0].view(1, -1), 0, slots[0].numel(), None)
-        rows = torch.stack(slots)
-        nbytes = rows.numel() * rows.element_size()
+    def open(self, n: int) -> Exchange:
+        """An empty exchange over this rank's range of a bucket of ``n`` elements."""
+        return Exchange(*self.bounds(n))
+
+    def block(self, exchange: Exchange, slots: int, like: Tensor, counter: CommCounter) -> Tensor:
+        """Allocates rows for ``slots`` slots of every rank, appended to ``exchange``'s blocks.
+
+        Returns the ``slots * W x (hi - lo)`` block; slot ``k`` goes to rows
+        ``[k * W, (k + 1) * W)`` through :meth:`send`.
+        """
+        m = exchange.hi - exchange.lo
+        block = torch.empty(slots * self.world_size, m, dtype=like.dtype, device=like.device)
+        nbytes = block.numel() * block.element_size()
         counter.allocate(nbytes)
-        return Exchange(rows, 0, rows.shape[1], None, nbytes)
+        exchange.blocks.append(block)
+        exchange.nbytes += nbytes
+        return block
+
+    def send(self, row: Tensor, out: Tensor, exchange: Exchange, counter: CommCounter) -> Future:
+        """Starts moving one slot's ``row`` (1-D, ``n``) so that ``out`` (``W x (hi - lo)``,
+        rows of one of ``exchange``'s blocks) receives every rank's row over ``[lo, hi)``.
+
+        Returns a future that completes once ``row`` may be overwritten.
+        """
+        if self.world_size == 1:
+            out[0].copy_(row)
+            return _completed(row)
+        with peers():
+            work = self._send(row, out, exchange, counter)
+        exchange._works.append(work)
+        return work.get_future()
+
+    def exchange(self, row: Tensor, counter: CommCounter) -> Exchange:
+        """An exchange of one slot's ``row`` (1-D), started now: its one block holds every
+        rank's row over this rank's range (FSDP hands over each slot's unit this way)."""
+        exchange = self.open(row.numel())
+        if self.world_size == 1:
+            exchange.blocks.append(row.view(1, -1))  # the row itself: nothing to move
+            return exchange
+        self.send(row, self.block(exchange, 1, row, counter), exchange, counter)
+        return exchange
+
+    @abstractmethod
+    def _send(
+        self, row: Tensor, out: Tensor, exchange: Exchange, counter: CommCounter
+    ) -> dist.Work:
+        """Launches the collective of :meth:`send` (world size > 1)."""
+
+    @abstractmethod
+    def recover(self, rows: Tensor, n: int, counter: CommCounter) -> Tensor:
+        """A new tensor holding this rank's own row (``n`` elements) of a slot sent with
+        :meth:`send` into ``rows`` (``W x (hi - lo)``, complete); blocking. For when DDP
+        re-bucketed the parameters in the middle of a step."""
 
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         """Sums ``partial`` (any shape, float64) over ranks."""
@@ -190,8 +251,8 @@ class Transport(ABC):
 
         ``combined(out)`` writes this rank's combined range (``exchange``'s ``[lo, hi)``)
         into ``out``. ``bucket`` is DDP's bucket buffer: once exchanged, its content is no
-        longer needed, so the result is written into it where possible, which spares a
-        bucket-sized allocation per bucket in flight.
+        longer needed, so the result is written into it, which spares a bucket-sized
+        allocation per bucket in flight.
         """
 
 
@@ -204,79 +265,86 @@ class GatherTransport(Transport):
 
     name = "gather"
 
-    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
-        if self.world_size == 1:
-            return self._local(slots, counter)
-        K, n, like = len(slots), slots[0].numel(), slots[0]
-        send = slots[0] if K == 1 else torch.cat(slots)
-        out = torch.empty(self.world_size * K * n, dtype=like.dtype, device=like.device)
-        with peers():
-            work = dist.all_gather_single(out, send, group=self.group, async_op=True)
-        size = like.element_size()
-        counter.add(
-            "all_gather", (self.world_size - 1) * K * n * size, (self.world_size - 1) * K * n * size
-        )
-        allocated = (out.numel() + (send.numel() if K > 1 else 0)) * size
-        counter.allocate(allocated)
-        return Exchange(out.view(self.world_size * K, n), 0, n, work, allocated)
+    def bounds(self, n: int) -> tuple[int, int]:
+        return 0, n
+
+    def _send(
+        self, row: Tensor, out: Tensor, exchange: Exchange, counter: CommCounter
+    ) -> dist.Work:
+        work = dist.all_gather_single(out.view(-1), row, group=self.group, async_op=True)
+        nbytes = (self.world_size - 1) * row.numel() * row.element_size()
+        counter.add("all_gather", nbytes, nbytes)
+        return work
+
+    def recover(self, rows: Tensor, n: int, counter: CommCounter) -> Tensor:
+        return rows[self.rank].clone()
 
     def finish(
         self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
     ) -> Future:
-        # With one rank the rows are views of the bucket itself: combine into a copy.
-        out = torch.empty_like(bucket) if self.world_size == 1 else bucket
-        combined(out)
-        return _completed(out)
+        combined(bucket)
+        return _completed(bucket)
 
 
 class ShardedTransport(Transport):
     """All-to-all so that rank j holds shard j of every slot; all-gather the combined shards.
 
-    Shards are ``ceil(n / W)`` elements (the last ones shorter, possibly empty). Traffic per
-    rank at K = 1 is ``2 (W - 1) / W * n`` elements, exactly a ring all-reduce, plus the
-    ``T x T`` partial Gramians.
+    Shards are ``floor(n / W)`` elements, the last one also holding the ``n mod W`` elements
+    left over. Every rank's combined shard is all-gathered in place into DDP's bucket; the
+    left-over tail (fewer than W elements) is broadcast from the last rank. Traffic per rank
+    at K = 1 is ``2 (W - 1) / W * n`` elements, exactly a ring all-reduce, plus the ``T x T``
+    partial Gramians; no buffer beyond the exchanged rows.
     """
 
     name = "sharded"
 
-    def _bounds(self, n: int) -> tuple[int, list[int]]:
-        chunk = -(-n // self.world_size)
-        sizes = [max(0, min(chunk, n - j * chunk)) for j in range(self.world_size)]
-        return chunk, sizes
+    def _sizes(self, n: int) -> tuple[int, list[int]]:
+        """The equal shard length, and every rank's shard length (the last one's longer)."""
+        base = n // self.world_size
+        return base, [base] * (self.world_size - 1) + [n - (self.world_size - 1) * base]
 
-    def exchange(self, slots: list[Tensor], counter: CommCounter) -> Exchange:
-        if self.world_size == 1:
-            return self._local(slots, counter)
-        K, n, like = len(slots), slots[0].numel(), slots[0]
-        chunk, sizes = self._bounds(n)
-        lo = min(n, self.rank * chunk)
-        m = sizes[self.rank]
-        # all_to_all sends one contiguous piece per destination: shard-major order.
-        if K == 1:
-            send = slots[0]
-        else:
-            send = torch.cat(
-                [row[j * chunk : j * chunk + s] for j, s in enumerate(sizes) for row in slots]
-            )
-        out = torch.empty(self.world_size * K * m, dtype=like.dtype, device=like.device)
+    def bounds(self, n: int) -> tuple[int, int]:
+        base, sizes = self._sizes(n)
+        return self.rank * base, self.rank * base + sizes[self.rank]
+
+    def _send(
+        self, row: Tensor, out: Tensor, exchange: Exchange, counter: CommCounter
+    ) -> dist.Work:
+        n, m = row.numel(), exchange.hi - exchange.lo
+        work = dist.all_to_all_single(
+            out.view(-1),
+            row,
+            output_split_sizes=[m] * self.world_size,
+            input_split_sizes=self._sizes(n)[1],
+            group=self.group,
+            async_op=True,
+        )
+        size = row.element_size()
+        counter.add("all_to_all", (n - m) * size, (self.world_size - 1) * m * size)
+        return work
+
+    def recover(self, rows: Tensor, n: int, counter: CommCounter) -> Tensor:
+        # The exchange backwards: row r of this rank's shard goes back to rank r.
+        own = torch.empty(n, dtype=rows.dtype, device=rows.device)
+        m, sizes = rows.shape[1], self._sizes(n)[1]
         with peers():
-            work = dist.all_to_all_single(
-                out,
-                send,
-                output_split_sizes=[K * m] * self.world_size,
-                input_split_sizes=[K * s for s in sizes],
+            dist.all_to_all_single(
+                own,
+                rows.reshape(-1),
+                output_split_sizes=sizes,
+                input_split_sizes=[m] * self.world_size,
                 group=self.group,
-                async_op=True,
             )
-        size = like.element_size()
-        counter.add("all_to_all", (K * n - K * m) * size, (self.world_size - 1) * K * m * size)
-        allocated = (out.numel() + (send.numel() if K > 1 else 0)) * size
-        counter.allocate(allocated)
-        return Exchange(out.view(self.world_size * K, m), lo, lo + m, work, allocated)
+        size = rows.element_size()
+        counter.add("all_to_all", (self.world_size - 1) * m * size, (n - m) * size)
+        return own
 
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
         if self.world_size == 1:
             return partial
+        # On the control group, which may be CPU only (open_channels); the solves need the
+        # numbers on the CPU anyway.
+        partial = partial.cpu()
         with peers():
             dist.all_reduce(partial, group=self.channels.control)
         nbytes = 2 * (self.world_size - 1) * partial.numel() * partial.element_size()
@@ -287,36 +355,40 @@ class ShardedTransport(Transport):
         self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
     ) -> Future:
         numel = bucket.numel()
+        lo, hi = self.bounds(numel)
+        # In place, as NCCL defines all-gather: this rank's shard already sits at its offset.
+        combined(bucket[lo:hi])
         if self.world_size == 1:
-            out = torch.empty_like(bucket)
-            combined(out)
-            return _completed(out)
-        chunk, sizes = self._bounds(numel)
-        if self.world_size * chunk == numel:
-            # In place, as NCCL defines it for all-gather: this rank's shard already sits at
-            # its offset in the output. Spares a shard and a bucket per bucket in flight.
-            out = bucket
-            mine = bucket[self.rank * chunk : (self.rank + 1) * chunk]
-            combined(mine)
-        else:
-            mine = torch.empty(chunk, dtype=bucket.dtype, device=bucket.device)
-            mine[sizes[self.rank] :].zero_()
-            combined(mine[: sizes[self.rank]])
-            out = torch.empty(self.world_size * chunk, dtype=bucket.dtype, device=bucket.device)
+            return _completed(bucket)
+        W, size = self.world_size, bucket.element_size()
+        base = numel // W
+        futures = []
         with peers():
-            work = dist.all_gather_single(out, mine, group=self.channels.gather, async_op=True)
-        size = bucket.element_size()
-        counter.add(
-            "all_gather", (self.world_size - 1) * chunk * size, (self.world_size - 1) * chunk * size
-        )
-        allocated = 0 if out is bucket else (out.numel() + mine.numel()) * size
-        counter.allocate(allocated)
+            if base > 0:
+                mine = bucket[lo : lo + base]
+                work = dist.all_gather_single(
+                    bucket[: W * base], mine, group=self.channels.gather, async_op=True
+                )
+                futures.append(work.get_future())
+                counter.add("all_gather", (W - 1) * base * size, (W - 1) * base * size)
+            tail = numel - W * base
+            if tail > 0:
+                last = self.rank == W - 1
+                work = dist.broadcast(
+                    bucket[W * base :], group=self.channels.gather, group_src=W - 1, async_op=True
+                )
+                futures.append(work.get_future())
+                sent, received = ((W - 1) * tail * size, 0) if last else (0, tail * size)
+                counter.add("broadcast", sent, received)
+        many = len(futures) > 1
+        done = torch.futures.collect_all(futures) if many else futures[0]
 
-        def done(_: Future) -> Tensor:
-            counter.release(allocated)
-            return out[:numel]
+        def delivered(finished: Future) -> Tensor:
+            for future in finished.value() if many else (finished,):
+                future.value()  # the error of a failed collective, for the hook to surface
+            return bucket
 
-        return work.get_future().then(done)
+        return done.then(delivered)
 
 
 TRANSPORTS: dict[str, type[Transport]] = {"sharded": ShardedTransport, "gather": GatherTransport}

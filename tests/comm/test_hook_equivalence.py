@@ -133,3 +133,38 @@ def test_update_equals_explicit_per_language_computation(granularity, world_size
         torch.testing.assert_close(grad.double().flatten(), expected[n], rtol=1e-4, atol=1e-6)
     for group, gram in zip(groups, gramians):
         torch.testing.assert_close(group.gramian, gram, rtol=1e-4, atol=1e-8)
+
+
+def _uneven(rank, world_size, K):
+    from .workload import OddMLP
+
+    def make():
+        torch.manual_seed(0)
+        return OddMLP()
+
+    out = {}
+    for name, transport in [
+        (None, "-"),
+        ("mean", "sharded"),
+        ("mgda", "sharded"),
+        ("mgda", "gather"),
+    ]:
+        options = {} if name is None else {"transport": transport}
+        result = train(
+            rank, world_size, K=K, aggregator=name, make=make, bucket_cap_mb=1e-4, **options
+        )
+        out[name, transport] = result["params"]
+    return out
+
+
+@pytest.mark.parametrize(("world_size", "K"), [(2, 1), (3, 1), (3, 2)])
+def test_sharded_is_exact_when_buckets_are_no_multiple_of_the_world_size(world_size, K):
+    # Buckets of 29, 35 and 63 elements: the last rank's shard carries the left-over tail.
+    ranks = run_distributed(_uneven, world_size, K)
+    for results in ranks:
+        for p, q in zip(results[None, "-"], results["mean", "sharded"]):
+            torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+        for p, q in zip(results["mgda", "sharded"], results["mgda", "gather"]):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    for p, q in zip(ranks[0]["mgda", "sharded"], ranks[-1]["mgda", "sharded"]):
+        assert torch.equal(p, q)

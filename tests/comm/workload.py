@@ -30,6 +30,19 @@ class MLP(nn.Module):
         return self.head(torch.tanh(self.hidden(torch.tanh(self.embed(x)))))
 
 
+class OddMLP(nn.Module):
+    """Parameters of 56, 7, 35, 5, 20 and 4 elements: most of them no multiple of 2 or 3, so
+    that shards of W = 2 or 3 ranks are uneven."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(8, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh())
+        self.head = nn.Linear(5, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(x))
+
+
 def make_model(seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(seed)
     return MLP().to(dtype)

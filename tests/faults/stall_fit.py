@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback
 
 from lightning_bmoo import BucketMOOStrategy
 
@@ -44,9 +45,30 @@ class StallingModel(TinyModel):
         return loss
 
 
+class RecordFailure(Callback):
+    """Writes ``rank{r}.json`` when the fit fails, from the first hook Lightning calls then.
+
+    Callbacks hear of the exception before the strategy stops the other ranks; once it has,
+    Lightning's launcher kills this process within seconds (its child observer), which can
+    come before an ``except`` around ``fit`` runs.
+    """
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = out_dir
+
+    def on_exception(self, trainer: Any, module: Any, error: BaseException) -> None:
+        began = module.stall_began
+        record = {
+            "error": f"{type(error).__name__}: {error}",
+            "seconds": None if began is None else time.monotonic() - began,
+        }
+        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
 def main(out_dir: str, stalled_rank: int, where: str) -> None:
     model = StallingModel(stalled_rank, where)
     trainer = quiet_trainer(
+        callbacks=[RecordFailure(out_dir)],
         strategy=BucketMOOStrategy(timeout=timedelta(seconds=TIMEOUT)),
         devices=2,
         accumulate_grad_batches=2,
@@ -54,16 +76,7 @@ def main(out_dir: str, stalled_rank: int, where: str) -> None:
         limit_val_batches=0,
         default_root_dir=out_dir,
     )
-    try:
-        trainer.fit(model, datamodule=LanguageData(slots_per_rank=2))
-    except BaseException as error:
-        began = model.stall_began
-        record = {
-            "error": f"{type(error).__name__}: {error}",
-            "seconds": None if began is None else time.monotonic() - began,
-        }
-        Path(out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
-        raise
+    trainer.fit(model, datamodule=LanguageData(slots_per_rank=2))
 
 
 if __name__ == "__main__":
