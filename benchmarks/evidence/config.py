@@ -70,13 +70,13 @@ class Regime:
     low_resource: tuple[str, ...] = ()
     low_verses: int = 500
     vocab_size: int = 2048
-    steps: int = 80
+    steps: int = 50
     batch_size: int = 8
     seq_len: int = 64
     pretrain_steps: int = 600
     pretrain_verses: int = 4000
     eval_sequences: int = 96
-    pilot_lrs: tuple[float, ...] = (1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2)
+    pilot_lrs: tuple[float, ...] = (2e-3, 4e-3, 8e-3, 1.6e-2)
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
 
     @property
@@ -135,7 +135,7 @@ REGIMES: dict[str, Regime] = {
             "12 languages, 4 scripts, all training text each; 0.23M-parameter model",
             ("en", "fr", "it", "es", "de", "ro", "vi", "tl", "ru", "ar", "fa", "hi"),
             _SMALL,
-            steps=60,
+            steps=40,
         ),
     )
 }

@@ -106,6 +106,7 @@ def regime_section(s: RegimeSummary, base: dict | None = None) -> str:
         )
     lines += _results_table(s)
     lines += _language_table(s)
+    lines += _weights_table(s)
     lines += _selection_table(s)
     return "\n".join(lines)
 
@@ -182,6 +183,35 @@ def _language_table(s: RegimeSummary) -> list[str]:
         rows.append("| " + " | ".join(cells) + " |")
     return [
         f"Per language, test loss (mean over seeds; in brackets Δ against {s.baseline}):\n",
+        *rows,
+        "",
+    ]
+
+
+def _weights_table(s: RegimeSummary) -> list[str]:
+    """Which languages each weighting favours: static weights, and the hook's weights averaged
+    over steps, buckets (by size) and seeds."""
+    langs = s.regime.languages
+    rows = []
+    for a in s.complete_arms():
+        if a.arm.loss_weights:
+            shares = next(iter(a.runs.values()))["loss_weights"]
+        elif a.arm.aggregator and a.arm.aggregator != "mean":
+            per_run = [r["diagnostics"]["weight_share"] for r in a.runs.values()]
+            shares = {lang: statistics.fmean(w[lang] for w in per_run) for lang in langs}
+        else:
+            continue
+        rows.append(
+            "| " + " | ".join([a.arm.name, *(f"{shares[lang]:.2f}" for lang in langs)]) + " |"
+        )
+    if not rows:
+        return []
+    header = "| arm | " + " | ".join(langs) + " |"
+    return [
+        f"Weight of each language (uniform: {1 / len(langs):.2f}; the hook's weights are shares "
+        "averaged over steps and buckets, before any direction-only rescaling):\n",
+        header,
+        "|---" * (len(langs) + 1) + "|",
         *rows,
         "",
     ]
