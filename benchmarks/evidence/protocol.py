@@ -76,20 +76,27 @@ class Plan:
         lr = self.chosen_lr(arm)
         return [] if lr is None else [RunSpec(self.regime, arm, lr, s) for s in self.regime.seeds]
 
-    def pending(self) -> list[tuple[int, RunSpec]]:
-        """Runs whose inputs are decided and that have no result yet, with a stage number
-        (0 pilot, 1 sweep, 2 seeds) for ordering."""
+    def decided(self) -> list[tuple[int, RunSpec]]:
+        """Every run decided so far, once each, with its stage (0 pilot, 1 sweep, 2 seeds)."""
         out: list[tuple[int, RunSpec]] = [(0, s) for s in self.pilot()]
         for arm in self.arms:
             out += [(1, s) for s in self.sweep(arm)]
             out += [(2, s) for s in self.seeds(arm)]
         seen: set[str] = set()
-        todo = []
+        unique = []
         for stage, spec in out:
-            if spec.key not in self.results and spec.key not in seen:
+            if spec.key not in seen:
                 seen.add(spec.key)
-                todo.append((stage, spec))
-        return todo
+                unique.append((stage, spec))
+        return unique
+
+    def pending(self) -> list[tuple[int, RunSpec]]:
+        """Decided runs without a result yet, with their stage, for ordering."""
+        return [(stage, s) for stage, s in self.decided() if s.key not in self.results]
+
+    def finished(self) -> int:
+        """Decided runs with a result (results of other settings in the folder do not count)."""
+        return sum(s.key in self.results for _, s in self.decided())
 
     def upper_bound(self) -> int:
         """Runs the whole protocol needs at most (pilot, 3 grid values and the seeds per arm)."""

@@ -201,11 +201,11 @@ def _estimate(regimes, arms, results, progress, workers) -> None:
     total = 0.0
     for regime in regimes:
         plan = Plan(regime, arms, results[regime.name])
-        todo = plan.upper_bound() - len(results[regime.name])
+        todo = plan.upper_bound() - plan.finished()
         seconds = progress.per_run(regime.name, results[regime.name])
         total += max(todo, 0) * seconds
         log(
-            f"{regime.name}: {len(results[regime.name])} run(s) finished, at most "
+            f"{regime.name}: {plan.finished()} run(s) finished, at most "
             f"{max(todo, 0)} to go at ~{seconds:.0f} s each"
         )
     log(f"estimate: at most {total / max(workers, 1) / 3600:.1f} h on {max(workers, 1)} worker(s)")
