@@ -26,6 +26,7 @@ def write_report(
         "`*` where that interval excludes 0 (one comparison among many: expect about 1 in 20 "
         "by chance).\n",
     ]
+    parts += overview(summaries)
     for summary in summaries:
         parts.append(regime_section(summary, bases[summary.regime.name]))
     images = []
@@ -63,6 +64,40 @@ def _delta(p: Paired | None) -> str:
         return "–"
     star = " *" if p.significant else ""
     return f"{p.mean:+.3f} ± {_fmt(p.half_width)}{star}"
+
+
+def overview(summaries: Sequence[RegimeSummary]) -> list[str]:
+    """One row per arm, per regime its paired Δ mean and Δ worst against that regime's baseline."""
+    done = [s for s in summaries if s.baseline is not None]
+    if not done:
+        return []
+    names = list(dict.fromkeys(name for s in done for name in s.arms))
+    header = ["arm", *(f"{s.regime.name}: Δ mean / Δ worst" for s in done)]
+    rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for name in names:
+        cells = [name]
+        for s in done:
+            a = s.arms.get(name)
+            if a is None or not a.complete or a.paired_mean is None:
+                cells.append("–")
+            elif name == s.baseline:
+                cells.append("baseline")
+            else:
+                cells.append(f"{_short(a.paired_mean)} / {_short(a.paired_worst)}")
+        rows.append("| " + " | ".join(cells) + " |")
+    baselines = ", ".join(f"{s.regime.name}: {s.baseline}" for s in done)
+    return [
+        f"## Overview\n\nTest-loss differences to each regime's tuned-averaging baseline "
+        f"({baselines}), paired by seed; `*`: 95 % interval excludes 0.\n",
+        *rows,
+        "",
+    ]
+
+
+def _short(p: Paired | None) -> str:
+    if p is None or not p.values:
+        return "–"
+    return f"{p.mean:+.3f}{'*' if p.significant else ''}"
 
 
 def _base_losses(regime: Regime, out: Path) -> dict | None:
