@@ -7,6 +7,7 @@ missing. Prepared regimes (tokenizer and base model) are cached under ``OUT/prep
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -34,11 +35,13 @@ def load_results(out: Path, regime: Regime) -> dict[str, dict]:
     return results
 
 
-def _init_worker(out: str) -> None:
+def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
-    torch.set_num_interop_threads(1)
+    # Raises once this process ran parallel work (workers=0 after other torch use): leave it.
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
 
 
 def _prepare(regime: Regime, out: Path) -> dict[str, Any]:
@@ -104,14 +107,12 @@ def run_protocol(
     _estimate(regimes, arms, results, progress, workers)
 
     pool = (
-        ProcessPoolExecutor(
-            workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(str(out),)
-        )
+        ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker)
         if workers > 0
         else None
     )
     if pool is None:
-        _init_worker(str(out))
+        _init_worker()
     running: dict[Future, tuple[str, Any]] = {}
     prepared: set[str] = set()
     try:
