@@ -43,8 +43,14 @@ class RemoteError(Exception):
     """An exception raised on one of the ranks."""
 
 
-def run_distributed(fn: Callable, world_size: int, *args: Any) -> list[Any]:
+def run_distributed(
+    fn: Callable, world_size: int, *args: Any, start_method: str = "fork"
+) -> list[Any]:
     """Runs ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; returns the results.
+
+    Forked ranks start in a fraction of a second but must stay on one intra-op thread: a
+    child that starts OpenMP threads after its parent used them can deadlock (libgomp is not
+    fork-safe). ``start_method="spawn"`` for ranks that need several threads.
 
     Raises:
         RemoteError: with the rank's traceback, when ``fn`` raised on some rank.
@@ -54,7 +60,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any) -> list[Any]:
             _worker,
             args=(fn, world_size, free_port(), out_dir, args),
             nprocs=world_size,
-            start_method="fork",
+            start_method=start_method,
         )
         results = [
             torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False)

@@ -39,7 +39,8 @@ def test_solves_skip_validation_and_run_on_one_thread(granularity):
     # The hook's Gramians are exactly symmetric by construction, so checking each one costs
     # microseconds for nothing; T x T solves that wait for a second OpenMP thread on a busy
     # machine take milliseconds instead of microseconds.
-    calls, threads_after = run_distributed(_solves, 2, granularity)[0]
+    # Spawned: forked ranks that start OpenMP threads can deadlock (tests/distributed.py).
+    calls, threads_after = run_distributed(_solves, 2, granularity, start_method="spawn")[0]
     assert calls and all(validate is False for validate, _ in calls)
     assert {threads for _, threads in calls} == {1}
     assert threads_after == 2
