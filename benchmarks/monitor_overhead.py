@@ -197,7 +197,7 @@ def panel_seconds(languages: int, groups: int, repeats: int = 3) -> float:
 
     g = torch.Generator().manual_seed(0)
     tasks = [f"x{t:02d}" for t in range(languages)]
-    stats = StepStats(step=0, layout=tasks, tasks=tasks)
+    stats = StepStats(step=0, slots=tasks, tasks=tasks)
     for k in range(groups):
         rows = torch.randn(languages, 64, generator=g, dtype=torch.float64)
         gram = rows @ rows.T

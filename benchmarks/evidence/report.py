@@ -163,7 +163,8 @@ def _results_table(s: RegimeSummary) -> list[str]:
     rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for a in s.arms.values():
         if not a.complete:
-            rows.append(f"| {a.arm.name} | (not finished) |" + " |" * (len(header) - 2))
+            state = "(not finished)" if a.grid else "(not run)"
+            rows.append(f"| {a.arm.name} | {state} |" + " |" * (len(header) - 2))
             continue
         rows.append(
             "| "
@@ -258,6 +259,8 @@ def _selection_table(s: RegimeSummary) -> list[str]:
     header = ["arm", *(f"lr {lr:g}" for lr in s.grid), "chosen"]
     rows = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for a in s.arms.values():
+        if not a.grid:
+            continue  # not run in this regime
         cells = [a.arm.name, *(_fmt(a.grid.get(lr, math.nan)) for lr in s.grid)]
         cells.append("–" if a.lr is None else f"{a.lr:g}")
         rows.append("| " + " | ".join(cells) + " |")

@@ -118,7 +118,7 @@ def cosines(gramian: Tensor, valid: Tensor | None = None) -> Tensor:
 
 def slot_shares(stats: StepStats) -> Tensor:
     """Each task's share of the step's slots: plain data parallelism's weights."""
-    counts = torch.tensor([stats.layout.count(t) for t in stats.tasks], dtype=torch.float64)
+    counts = torch.tensor([stats.slots.count(t) for t in stats.tasks], dtype=torch.float64)
     return counts / counts.sum()
 
 

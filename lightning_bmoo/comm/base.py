@@ -24,7 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..aggregators import Aggregator
 from ..vocabulary import check_language_name
-from .layout import Layout, exchange_slot
+from .layout import SlotTasks, exchange_slot
 from .options import HookOptions
 from .solve import solve_group
 from .stats import GroupStats, StepStats
@@ -237,11 +237,11 @@ class HookState:
             world_size=self.world_size,
         )
 
-    def _begin_step_stats(self, per_slot: list[list[str]]) -> tuple[Layout, StepStats]:
+    def _begin_step_stats(self, per_slot: list[list[str]]) -> tuple[SlotTasks, StepStats]:
         """The step's layout from every slot's languages (``per_slot[k][r]``), and its stats."""
         # Slot s of the step is microbatch s % K of rank s // K.
         slots = [per_rank[r] for r in range(self.world_size) for per_rank in per_slot]
-        layout = Layout.from_slots(slots)
+        layout = SlotTasks.from_slots(slots)
         if len(layout.tasks) < 2:
             self._warn_once(
                 "single",
@@ -249,7 +249,7 @@ class HookState:
                 "slots: MOO is a no-op for it. A LanguageBatchSampler gives every step "
                 "several languages.",
             )
-        return layout, StepStats(step=self.step, layout=list(slots), tasks=list(layout.tasks))
+        return layout, StepStats(step=self.step, slots=list(slots), tasks=list(layout.tasks))
 
     def _solve(
         self, gramian: Tensor, stats: StepStats, key: str, numel: int, names: list[str]

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .base import HookState
 from .fsdp_units import Segment, Unit
-from .layout import SLOT_MESSAGE_BYTES, Layout
+from .layout import SLOT_MESSAGE_BYTES, SlotTasks
 from .linalg import combine_rows, row_gramian, task_gramian
 from .options import HookOptions
 from .stats import StepStats
@@ -81,7 +81,7 @@ class _Step:
     """Scratch of the step in progress; replaced by a fresh one when the step completes."""
 
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
-    layout: Layout | None = None
+    slot_tasks: SlotTasks | None = None
     stats: StepStats | None = None
     stash: dict[str, _Stash] = field(default_factory=dict)  # by unit
     pending: list[_Pending] = field(default_factory=list)
@@ -160,8 +160,8 @@ class FSDPBucketMOOState(HookState):
             step.counter.release(exchange.nbytes)
             output.zero_()  # FSDP accumulates it; the next slot's rows stay apart
         else:
-            if step.layout is None:
-                step.layout, step.stats = self._begin_step_stats(step.slots)
+            if step.slot_tasks is None:
+                step.slot_tasks, step.stats = self._begin_step_stats(step.slots)
             task_rows = self._task_rows(unit.key, segments, rows, exchange.nbytes, languages)
             groups = self._groups(unit, segments)
             partial = self._partials(task_rows, groups)
@@ -185,7 +185,7 @@ class FSDPBucketMOOState(HookState):
         step.slots.append(self._exchange_slot(len(step.slots)))
         if self.world_size > 1:
             nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
-            step.counter.add("layout", nbytes, nbytes)
+            step.counter.add("slots", nbytes, nbytes)
         # Runs after FSDP's own end-of-backward callback, queued when the backward began.
         torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
 
@@ -215,7 +215,7 @@ class FSDPBucketMOOState(HookState):
     ) -> _Rows:
         """The rows the unit's tasks are made of, at the last slot."""
         step = self._step
-        layout = step.layout
+        layout = step.slot_tasks
         assert layout is not None
         tasks = layout.tasks
         if self.slots_per_rank == 1:

@@ -18,7 +18,7 @@ SLOT_MESSAGE_BYTES = _HEADER + MAX_LANGUAGE_BYTES
 
 
 @dataclass(frozen=True)
-class Layout:
+class SlotTasks:
     """Which language fills each of the step's ``W * K`` slots, and the tasks they form.
 
     Attributes:
@@ -37,7 +37,7 @@ class Layout:
     identity: bool
 
     @classmethod
-    def from_slots(cls, slots: list[str] | tuple[str, ...]) -> Layout:
+    def from_slots(cls, slots: list[str] | tuple[str, ...]) -> SlotTasks:
         """Builds the task structure of a list of slot languages."""
         tasks = tuple(sorted(set(slots)))
         index = {language: t for t, language in enumerate(tasks)}

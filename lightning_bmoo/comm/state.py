@@ -14,7 +14,7 @@ from torch.futures import Future
 
 from ..aggregators import Aggregator
 from .base import HookState
-from .layout import SLOT_MESSAGE_BYTES, Layout
+from .layout import SLOT_MESSAGE_BYTES, SlotTasks
 from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
 from .slots import SlotExchanges
@@ -56,7 +56,7 @@ class _Step:
     exchanges: SlotExchanges
     counter: CommCounter
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
-    layout: Layout | None = None
+    slot_tasks: SlotTasks | None = None
     # The layout's averaging matrix with its columns in the order of the exchanged rows
     # (slot-major: row k W + r is slot k of rank r, which the layout numbers r K + k).
     averaging: Tensor | None = None
@@ -148,8 +148,8 @@ class BucketMOOState(HookState):
             step.slots.append(self._exchange_slot(len(step.slots)))
             if self.world_size > 1:
                 nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
-                step.counter.add("layout", nbytes, nbytes)
-            clock.lap("layout")
+                step.counter.add("slots", nbytes, nbytes)
+            clock.lap("slots")
         step.bucket_calls += 1
         slot = len(step.slots) - 1
         if slot < self.slots_per_rank - 1:
@@ -158,7 +158,7 @@ class BucketMOOState(HookState):
             future = sent.then(functools.partial(self._zeroed, buffer, slot))
             clock.lap("exchange")
         else:
-            if step.layout is None:
+            if step.slot_tasks is None:
                 self._begin_layout()
             self._progress(final=False)
             clock.lap("other")
@@ -180,11 +180,11 @@ class BucketMOOState(HookState):
 
     def _begin_layout(self) -> None:
         step = self._step
-        step.layout, step.stats = self._begin_step_stats(step.slots)
+        step.slot_tasks, step.stats = self._begin_step_stats(step.slots)
         W, K = self.world_size, self.slots_per_rank
         order = [r * K + k for k in range(K) for r in range(W)]
-        step.averaging = step.layout.averaging[:, order]
-        step.identity = step.layout.identity and order == sorted(order)
+        step.averaging = step.slot_tasks.averaging[:, order]
+        step.identity = step.slot_tasks.identity and order == sorted(order)
 
     def _zeroed(self, buffer: Tensor, slot: int, sent: Future) -> Tensor:
         """``buffer`` zeroed once its slot is sent (or the error the hook raises for a failed
@@ -215,7 +215,7 @@ class BucketMOOState(HookState):
         Summed over ranks by the transport, both arrive in one collective.
         """
         step = self._step
-        assert job.exchange is not None and step.layout is not None
+        assert job.exchange is not None and step.slot_tasks is not None
         step.clock.lap("other")
         rows = job.exchange.rows()
         step.clock.lap("wait")
@@ -260,8 +260,8 @@ class BucketMOOState(HookState):
         more bucket of memory each.)
         """
         step = self._step
-        assert step.stats is not None and step.layout is not None
-        T = len(step.layout.tasks)
+        assert step.stats is not None and step.slot_tasks is not None
+        T = len(step.slot_tasks.tasks)
         clock = step.clock
         for job in step.jobs[step.solved :]:
             summed = self.transport.reduce(self._partials(job), step.counter).cpu()
@@ -321,7 +321,7 @@ class BucketMOOState(HookState):
         """Combines the job's rows with ``weights`` (one row of ``T`` per segment) and starts
         delivering the bucket."""
         step = self._step
-        assert job.exchange is not None and step.layout is not None
+        assert job.exchange is not None and step.slot_tasks is not None
         exchange, job.exchange = job.exchange, None
         rows = exchange.rows()
         lo, hi = exchange.lo, exchange.hi

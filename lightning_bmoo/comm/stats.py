@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor
 
 #: Where the hook's time goes, in the order a bucket meets them (see ``StepStats.seconds``).
 PHASES = (
-    "layout",  # the slot message every backward pass all-gathers (blocking, tiny)
+    "slots",  # the slot message every backward pass all-gathers (blocking, tiny)
     "exchange",  # launching the exchange of a slot's rows (every backward pass)
     "wait",  # waiting for exchanged rows to arrive
     "gramian",  # partial Gramians of the rows this rank holds
@@ -83,8 +84,8 @@ class StepStats:
 
     Attributes:
         step: index of the step (0-based, counted by the hook).
-        layout: language of every slot of the step, slot ``s`` being microbatch ``s % K`` of
-            rank ``s // K``.
+        slots: language of every slot of the step, slot ``s`` being microbatch ``s % K`` of
+            rank ``s // K`` (``layout`` before 0.2, still readable, deprecated).
         tasks: the distinct languages of the step, sorted; rows/columns of every Gramian.
         groups: one entry per solve, in bucket order. With granularity ``global`` these are the
             per-bucket Gramians (with the global weights) and ``global_group`` holds the solve.
@@ -105,7 +106,7 @@ class StepStats:
     """
 
     step: int
-    layout: list[str]
+    slots: list[str]
     tasks: list[str]
     groups: list[GroupStats] = field(default_factory=list)
     global_group: GroupStats | None = None
@@ -117,6 +118,16 @@ class StepStats:
     peak_extra_bytes: int = 0
     dropped: set[str] = field(default_factory=set)
     propagated: set[str] = field(default_factory=set)
+
+    @property
+    def layout(self) -> list[str]:
+        """Deprecated name of :attr:`slots`."""
+        warnings.warn(
+            "StepStats.layout is deprecated: read StepStats.slots (the same list).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.slots
 
     @property
     def fallbacks(self) -> int:

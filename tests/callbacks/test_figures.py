@@ -41,7 +41,7 @@ def explicit_step(seed: int = 0, zero: tuple[int, int] | None = (2, 1)):
             GroupStats(f"g{index}", G.shape[1], G @ G.T, active, w, [f"p{index}a", f"p{index}b"])
         )
     # en fills two of the four slots: plain DDP weighs it twice.
-    stats = StepStats(step=7, layout=["en", "de", "en", "fr"], tasks=TASKS, groups=groups)
+    stats = StepStats(step=7, slots=["en", "de", "en", "fr"], tasks=TASKS, groups=groups)
     return rows, weights, stats
 
 
@@ -116,7 +116,7 @@ def test_no_conflict_when_every_pair_agrees():
     G = torch.tensor([[1.0, 0.2], [0.8, 0.5]], dtype=torch.float64)
     stats = StepStats(
         step=0,
-        layout=["a", "b"],
+        slots=["a", "b"],
         tasks=["a", "b"],
         groups=[GroupStats("g", 2, G @ G.T, torch.tensor([True, True]), torch.tensor([0.5, 0.5]))],
     )
@@ -157,7 +157,7 @@ def test_zero_gradient_leaves_its_cosines_undefined():
     assert torch.isnan(cosines(gram)[0, 1])
     stats = StepStats(
         step=0,
-        layout=["a", "b"],
+        slots=["a", "b"],
         tasks=["a", "b"],
         groups=[GroupStats("g", 2, gram, torch.tensor([True, False]), torch.tensor([1.0, 0.0]))],
     )
@@ -165,7 +165,7 @@ def test_zero_gradient_leaves_its_cosines_undefined():
     assert math.isnan(fig.cos_min) and math.isnan(fig.conflict_rate)
     assert "cos/a|b" not in step_scalars(fig) and "weight/b" not in step_scalars(fig)
     with pytest.raises(ValueError, match="no group"):
-        interference(StepStats(step=0, layout=["a"], tasks=["a"]))
+        interference(StepStats(step=0, slots=["a"], tasks=["a"]))
 
 
 def test_first_order_affinity_matches_the_lookahead_for_a_small_step():

@@ -15,7 +15,7 @@ pytest.importorskip("matplotlib")
 def _many_languages(T: int, groups: int) -> StepStats:
     g = torch.Generator().manual_seed(0)
     tasks = [f"x{t:02d}" for t in range(T)]
-    stats = StepStats(step=3, layout=tasks, tasks=tasks)
+    stats = StepStats(step=3, slots=tasks, tasks=tasks)
     for k in range(groups):
         rows = torch.randn(T, 8, generator=g, dtype=torch.float64)  # 8 < T: conflicts abound
         gram = rows @ rows.T

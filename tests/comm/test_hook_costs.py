@@ -56,7 +56,7 @@ def test_the_hooks_time_is_split_by_phase(K):
     assert list(stats.seconds) == list(PHASES)
     assert all(seconds >= 0.0 for seconds in stats.seconds.values())
     assert sum(stats.seconds.values()) == pytest.approx(stats.hook_seconds, rel=1e-9)
-    for phase in ("layout", "exchange", "wait", "gramian", "reduce", "solve", "combine"):
+    for phase in ("slots", "exchange", "wait", "gramian", "reduce", "solve", "combine"):
         assert stats.seconds[phase] > 0.0, phase
 
 

@@ -124,7 +124,7 @@ def _explicit_update(layout, K, groups, name):
 def test_update_equals_explicit_per_language_computation(granularity, world_size, K, layout, name):
     result = run_distributed(_first_step, world_size, K, lambda step: layout, granularity, name)[0]
     stats = result["stats"][0]
-    assert stats.layout == layout and stats.tasks == sorted(set(layout))
+    assert stats.slots == layout and stats.tasks == sorted(set(layout))
     groups = [stats.global_group] if granularity == "global" else stats.groups
     expected, gramians = _explicit_update(layout, K, groups, name)
     from .workload import make_model

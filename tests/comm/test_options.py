@@ -51,3 +51,14 @@ def test_an_instance_or_a_name_and_undecided_fields():
 def test_check_hook_options_still_works_with_a_deprecation_warning():
     with pytest.warns(DeprecationWarning, match="HookOptions.build"):
         assert check_hook_options("upgrad", transport="gather").name == "upgrad"
+
+
+def test_old_names_still_work_with_a_deprecation_warning():
+    from lightning_bmoo import comm
+    from lightning_bmoo.comm import SlotTasks, StepStats
+
+    with pytest.warns(DeprecationWarning, match="SlotTasks"):
+        assert comm.Layout is SlotTasks
+    stats = StepStats(step=0, slots=["en", "de"], tasks=["de", "en"])
+    with pytest.warns(DeprecationWarning, match="StepStats.slots"):
+        assert stats.layout == ["en", "de"]

@@ -185,7 +185,7 @@ class Recorder(pl.Callback):
         state = getattr(trainer.strategy, "hook_state", None)
         if state is None or state.last_step is None:
             return
-        self.layouts.append(state.last_step.layout)
+        self.layouts.append(state.last_step.slots)
         self.groups.append([group.key for group in state.last_step.groups])
         sampler = getattr(trainer.train_dataloader, "batch_sampler", None)
         if isinstance(sampler, LanguageBatchSampler):
