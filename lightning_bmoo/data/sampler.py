@@ -9,10 +9,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-from ..vocabulary import check_language_name
+from .inputs import (
+    WithLanguage,
+    check_empty_languages,
+    check_int,
+    group_indices,
+    read_field,
+    resolve_rank,
+)
 from .schedule import (
     ProbabilitySpec,
     achievable_shares,
@@ -98,12 +104,12 @@ class LanguageBatchSampler(Sampler[list[int]]):
                 "Trainer(use_distributed_sampler=False). (Lightning also re-wraps batch samplers "
                 "for trainer.predict; predict with a plain DataLoader.)"
             )
-        _check_int("batch_size", batch_size, 1)
-        _check_int("slots_per_rank", slots_per_rank, 1)
-        _check_int("seed", seed, None)
+        check_int("batch_size", batch_size, 1)
+        check_int("slots_per_rank", slots_per_rank, 1)
+        check_int("seed", seed, None)
         if steps_per_epoch is not None:
-            _check_int("steps_per_epoch", steps_per_epoch, 1)
-        rank, world_size = _resolve_rank(rank, world_size)
+            check_int("steps_per_epoch", steps_per_epoch, 1)
+        rank, world_size = resolve_rank(rank, world_size)
 
         self.batch_size = batch_size
         self.slots_per_rank = slots_per_rank
@@ -114,9 +120,9 @@ class LanguageBatchSampler(Sampler[list[int]]):
         self.world_size = world_size
         self.epoch = 0
 
-        groups = _group_indices(languages)
+        groups = group_indices(languages)
         self._all_sizes = {lang: len(idx) for lang, idx in groups.items()}
-        _check_empty_languages(self._all_sizes, probabilities)
+        check_empty_languages(self._all_sizes, probabilities)
         requested = resolve_probabilities(probabilities, self._all_sizes)
         requested = self._drop_small_languages(requested)
         self.languages: list[str] = sorted(lang for lang, p in requested.items() if p > 0)
@@ -171,7 +177,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         for lang in sorted(datasets):
             ds = datasets[lang]
             if language_key is not None:
-                ds = _WithLanguage(ds, lang, language_key)
+                ds = WithLanguage(ds, lang, language_key)
             n = len(ds)  # type: ignore[arg-type]
             groups[lang] = list(range(offset, offset + n))
             parts.append(ds)
@@ -197,7 +203,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         if column in getattr(dataset, "column_names", ()):
             languages = list(dataset[column])
         else:
-            languages = [_read_field(dataset[i], column, i) for i in range(len(dataset))]
+            languages = [read_field(dataset[i], column, i) for i in range(len(dataset))]
         return cls(languages, batch_size, **kwargs)
 
     # properties ---------------------------------------------------------------------------------
@@ -227,7 +233,7 @@ class LanguageBatchSampler(Sampler[list[int]]):
         Setting the current epoch again keeps a position restored by :meth:`load_state_dict`,
         so Lightning's call at the start of a resumed epoch does not rewind it.
         """
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         if epoch != self.epoch:
             self.epoch = epoch
             self._position = 0
@@ -428,98 +434,3 @@ class LanguageBatchSampler(Sampler[list[int]]):
             cached = (pass_, indices[torch.randperm(len(indices), generator=gen)])
             perms[lang] = cached
         return cached[1][b * self.batch_size : (b + 1) * self.batch_size].tolist()
-
-
-class _WithLanguage(Dataset):
-    """Adds the language under ``key`` to every (mapping) example of ``dataset``."""
-
-    def __init__(self, dataset: Dataset, language: str, key: str) -> None:
-        self.dataset, self.language, self.key = dataset, language, key
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        example = self.dataset[index]
-        if not isinstance(example, Mapping):
-            raise TypeError(
-                f"language_key={self.key!r} needs mapping examples, but the {self.language!r} "
-                f"dataset returns {type(example).__name__}. Drop language_key or return dicts."
-            )
-        return {**example, self.key: self.language}
-
-
-def _check_int(name: str, value: object, minimum: int | None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int, got {value!r}.")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
-
-
-def _resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    initialised = dist.is_available() and dist.is_initialized()
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else 1
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    _check_int("world_size", world_size, 1)
-    _check_int("rank", rank, None)
-    if not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank={rank} is outside [0, world_size={world_size}). Pass both rank and "
-            "world_size, or neither to read them from torch.distributed."
-        )
-    return rank, world_size
-
-
-def _group_indices(languages: Sequence[str] | Mapping[str, Sequence[int]]) -> dict[str, list[int]]:
-    if isinstance(languages, Mapping):
-        groups = {lang: [int(i) for i in idx] for lang, idx in languages.items()}
-    else:
-        if isinstance(languages, str):
-            raise ValueError(
-                "languages is a single string: pass one language name per dataset index."
-            )
-        groups = {}
-        for i, lang in enumerate(languages):
-            groups.setdefault(lang, []).append(i)
-    if not groups:
-        raise ValueError("The dataset is empty: languages lists no examples.")
-    for lang in groups:
-        check_language_name(lang)
-    if len(groups) > 65535:
-        raise ValueError(f"{len(groups)} languages: at most 65535 are supported.")
-    seen: set[int] = set()
-    for lang, idx in groups.items():
-        if any(i < 0 for i in idx):
-            raise ValueError(f"Language {lang!r} lists negative dataset indices.")
-        if len(set(idx)) != len(idx) or not seen.isdisjoint(idx):
-            raise ValueError(
-                f"Dataset indices repeat within or across languages (first seen in {lang!r}): "
-                "each example must belong to exactly one language."
-            )
-        seen.update(idx)
-    return groups
-
-
-def _check_empty_languages(sizes: Mapping[str, int], spec: ProbabilitySpec) -> None:
-    explicit = isinstance(spec, Mapping)
-    empty = sorted(
-        lang for lang, n in sizes.items() if n == 0 and (not explicit or spec.get(lang, 0) != 0)
-    )
-    if empty:
-        raise ValueError(
-            f"Language(s) {empty} have no examples but would be sampled. Remove them, or give "
-            "them probability 0 in a probabilities dict."
-        )
-
-
-def _read_field(example: Any, column: str, index: int) -> str:
-    if isinstance(example, Mapping):
-        if column in example:
-            return example[column]
-    elif hasattr(example, column):
-        return getattr(example, column)
-    raise ValueError(
-        f"Example {index} has no {column!r} field; pass column= naming its language field."
-    )
