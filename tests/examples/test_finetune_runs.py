@@ -66,7 +66,7 @@ def test_two_runs_keep_both_results_and_say_where(data_dir: Path, tmp_path: Path
     first = finetune(*argv, "--devices", "2", "--baseline")
     second = finetune(*argv, "--devices", "1")
 
-    name = "mgda-bucket-data-2steps-s0"
+    name = "upgrad-bucket-data-2steps-s0"
     runs = sorted((tmp_path / "runs" / name).iterdir())
     assert [r.name for r in runs] == ["version_0", "version_1"]
     for run, out in zip(runs, (first, second)):
@@ -89,7 +89,7 @@ def test_two_runs_keep_both_results_and_say_where(data_dir: Path, tmp_path: Path
     assert baseline["aggregator"] == "mean" and baseline["run_dir"] == str(runs[0] / "baseline")
     assert (runs[0] / "baseline" / "csv" / "metrics.csv").stat().st_size > 0
     assert results["baseline"]["val_loss"] == baseline["val_loss"]
-    assert "| language | mean | mgda per bucket | difference |" in first
+    assert "| language | mean | upgrad per bucket | difference |" in first
     for lang in WORDS:
         ours, mean = results["val_loss"][lang], baseline["val_loss"][lang]
         assert f"| {lang} | {mean:.3f} | {ours:.3f} | {ours - mean:+.3f} |" in first
