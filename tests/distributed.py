@@ -1,4 +1,4 @@
-"""Runs a function on several gloo ranks in forked processes and collects the results."""
+"""Runs a function on several ranks (gloo, forked, by default) and collects the results."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import socket
 import tempfile
 import traceback
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -22,10 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, args: tuple) -> None:
+def _worker(
+    rank: int, fn: Callable, world_size: int, port: int, out_dir: str, args: tuple, backend: str
+) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+        dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=_NCCL_TIMEOUT)
+    else:
+        dist.init_process_group(backend, rank=rank, world_size=world_size)
     try:
         result: Any = fn(rank, world_size, *args)
     except BaseException as error:  # reported to the parent, which raises it
@@ -34,9 +41,12 @@ def _worker(rank: int, fn: Callable, world_size: int, port: int, out_dir: str, a
         )
     torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
     gc.collect()
-    if not isinstance(result, RemoteError):
+    if not isinstance(result, RemoteError) and backend in ("gloo", "nccl"):
         dist.barrier()
     dist.destroy_process_group()
+
+
+_NCCL_TIMEOUT = timedelta(seconds=60)
 
 
 class RemoteError(Exception):
@@ -44,13 +54,15 @@ class RemoteError(Exception):
 
 
 def run_distributed(
-    fn: Callable, world_size: int, *args: Any, start_method: str = "fork"
+    fn: Callable, world_size: int, *args: Any, start_method: str = "fork", backend: str = "gloo"
 ) -> list[Any]:
-    """Runs ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; returns the results.
+    """Runs ``fn(rank, world_size, *args)`` on ``world_size`` ranks; returns the results.
 
     Forked ranks start in a fraction of a second but must stay on one intra-op thread: a
     child that starts OpenMP threads after its parent used them can deadlock (libgomp is not
-    fork-safe). ``start_method="spawn"`` for ranks that need several threads.
+    fork-safe). ``start_method="spawn"`` for ranks that need several threads, and for CUDA.
+    ``backend="nccl"`` puts rank ``r`` on CUDA device ``r`` (spawn them: CUDA does not
+    survive fork), with a 60 s timeout.
 
     Raises:
         RemoteError: with the rank's traceback, when ``fn`` raised on some rank.
@@ -58,7 +70,7 @@ def run_distributed(
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(
             _worker,
-            args=(fn, world_size, free_port(), out_dir, args),
+            args=(fn, world_size, free_port(), out_dir, args, backend),
             nprocs=world_size,
             start_method=start_method,
         )

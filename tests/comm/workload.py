@@ -67,6 +67,15 @@ def round_robin(world_size: int, K: int, languages=LANGUAGES) -> Callable[[int],
     return lambda step: [languages[(step + s) % len(languages)] for s in range(world_size * K)]
 
 
+def _on_cuda(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss`` of a model on CUDA, its data made on the CPU as everywhere else."""
+
+    def on_cuda(model: nn.Module, *args: Any) -> torch.Tensor:
+        return loss(lambda x: model(x.cuda()).float().cpu(), *args)
+
+    return on_cuda
+
+
 def train(
     rank: int,
     world_size: int,
@@ -81,13 +90,22 @@ def train(
     make: Callable[[], nn.Module] | None = None,
     loss: Callable[..., torch.Tensor] | None = None,
     find_unused_parameters: bool = False,
+    device: str = "cpu",
     **hook_options: Any,
 ) -> dict[str, Any]:
-    """Trains on this rank; ``aggregator=None`` is plain DDP. Returns params and stats."""
+    """Trains on this rank; ``aggregator=None`` is plain DDP. Returns params and stats (on the
+    CPU); ``device="cuda"`` trains on CUDA device ``rank``."""
     layout = layout or round_robin(world_size, K)
     loss = loss or loss_of
     model = make() if make else make_model(dtype=dtype)
-    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, find_unused_parameters=find_unused_parameters)
+    if device == "cuda":
+        model, loss = model.cuda(), _on_cuda(loss)
+    ddp = DDP(
+        model,
+        device_ids=[rank] if device == "cuda" else None,
+        bucket_cap_mb=bucket_cap_mb,
+        find_unused_parameters=find_unused_parameters,
+    )
     state = None
     if aggregator is not None:
         state = register_bucket_moo_hook(ddp, aggregator, slots_per_rank=K, **hook_options)
@@ -102,12 +120,12 @@ def train(
             else:
                 with state.slot(language):
                     value.backward()
-        grads.append([p.grad.detach().clone() for p in model.parameters()])
+        grads.append([p.grad.detach().cpu().clone() for p in model.parameters()])
         opt.step()
         opt.zero_grad()
         if state is not None:
             stats.append(state.last_step)
-    params = [p.detach().clone() for p in model.parameters()]
+    params = [p.detach().cpu().clone() for p in model.parameters()]
     del ddp
     dist.barrier()
     return {

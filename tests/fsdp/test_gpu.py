@@ -8,20 +8,13 @@ Lightning and most torchrun scripts do.
 
 from __future__ import annotations
 
-import os
-import tempfile
-import traceback
-from datetime import timedelta
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.fsdp import MixedPrecisionPolicy
 
 from ..comm.heads import expected_grads
 from ..comm.workload import batch
-from ..distributed import RemoteError, free_port
+from ..distributed import run_distributed
 from .models import assembled, run_steps, sharded_heads, sharded_mlp
 
 pytestmark = pytest.mark.skipif(
@@ -62,29 +55,9 @@ def _runs(rank, world_size):
     return out
 
 
-def _worker(rank, world_size, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.cuda.set_device(rank)
-    dist.init_process_group("nccl", rank=rank, world_size=world_size, timeout=timedelta(seconds=60))
-    try:
-        result = _runs(rank, world_size)
-    except BaseException as error:
-        result = RemoteError(f"rank {rank}: {error}\n{traceback.format_exc()}")
-    torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
-    dist.destroy_process_group()
-
-
 @pytest.fixture(scope="module")
 def ranks():
-    with tempfile.TemporaryDirectory() as out_dir:
-        mp.start_processes(_worker, args=(2, free_port(), out_dir), nprocs=2, start_method="spawn")
-        results = [
-            torch.load(os.path.join(out_dir, f"{r}.pt"), weights_only=False) for r in range(2)
-        ]
-    for result in results:
-        if isinstance(result, RemoteError):
-            raise result
-    return results
+    return run_distributed(_runs, 2, start_method="spawn", backend="nccl")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
