@@ -54,7 +54,7 @@ def _run(
     for config in configs:
         torch.manual_seed(0)
         model = TransformerLM(VOCAB, WIDTH, LAYERS, HEADS, SEQ)  # about 16.8M parameters
-        ddp = DDP(model, bucket_cap_mb=config["bucket_mb"], broadcast_buffers=False)
+        ddp = DDP(model, bucket_cap_mb=config["bucket_mb"], forward_sync_buffers=False)
         state = None
         if config["aggregator"] is not None:
             state = register_bucket_moo_hook(
