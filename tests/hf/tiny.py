@@ -1,14 +1,12 @@
 """Tiny random Hugging Face causal LMs and LoRA setups, their data, and a one-process reference.
 
 Nothing is downloaded: the models are built from configs (a few ten thousand parameters).
-The reference computes, in one process and one slot at a time, each language's mean raw
-gradient per parameter, solves every group the hook reported over the languages whose rows
-are nonzero in it, and combines the rows: what ``.grad`` must hold after a step of the hook.
+The reference (what ``.grad`` must hold after a step of the hook) is
+:func:`tests.reference.expected_grads`.
 """
 
 from __future__ import annotations
 
-import functools
 import zlib
 from collections.abc import Callable, Sequence
 
@@ -18,7 +16,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from lightning_bmoo.adapters import activate_language, add_language_adapters
-from lightning_bmoo.aggregators import get_aggregator
+
+from .. import reference
 
 LANGUAGES = ("de", "en", "fr", "ru")
 VOCAB = 64
@@ -122,73 +121,5 @@ def expected_grads(
     aggregator: str,
     loss: Callable[[nn.Module, str, int, int], torch.Tensor] = lm_loss,
 ) -> dict[str, torch.Tensor | None]:
-    """What ``.grad`` must hold after the step, per parameter name (``None``: never used).
-
-    Args:
-        make_model: builds the model exactly as the ranks do.
-        layout: language of every slot (slot ``s`` is microbatch ``s % K`` of rank ``s // K``).
-        step: the step (it selects the data).
-        K: slots per rank.
-        groups: the hook's groups as ``(key, parameter names)``.
-        aggregator: the aggregator's name.
-        loss: ``loss(model, language, step, slot)``.
-    """
-    tasks, rows, used = _task_rows(make_model, tuple(layout), step, K, loss)
-    method = get_aggregator(aggregator)
-    expected: dict[str, torch.Tensor | None] = {}
-    for key, params in groups:
-        G = torch.cat([rows[n] for n in params], dim=1)
-        active = G.norm(dim=1) > 0
-        d = torch.zeros(G.shape[1], dtype=torch.float64)
-        if active.any():
-            Ga = G[active]
-            w = method(Ga @ Ga.T, tasks=[t for t, a in zip(tasks, active) if a], key=key)
-            d = w @ Ga
-        offset = 0
-        for n in params:
-            size = rows[n].shape[1]
-            expected[n] = d[offset : offset + size] if used[n] else None
-            offset += size
-    return expected
-
-
-@functools.cache
-def _model(make_model: Callable[[], nn.Module]) -> nn.Module:
-    return make_model()
-
-
-@functools.cache
-def _task_rows(make_model, layout: tuple[str, ...], step: int, K: int, loss):
-    model = _model(make_model)
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-    slot_rows = []
-    for s, language in enumerate(layout):
-        model.zero_grad(set_to_none=True)
-        loss(model, language, step, s % K).backward()
-        slot_rows.append(
-            {
-                n: None if p.grad is None else p.grad.double().flatten()
-                for n, p in model.named_parameters()
-                if p.requires_grad
-            }
-        )
-    sizes = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
-    zero = {n: torch.zeros(sizes[n], dtype=torch.float64) for n in names}
-    tasks = sorted(set(layout))
-    rows = {
-        n: torch.stack(
-            [
-                torch.stack(
-                    [
-                        zero[n] if r[n] is None else r[n]
-                        for r, lang in zip(slot_rows, layout)
-                        if lang == t
-                    ]
-                ).mean(0)
-                for t in tasks
-            ]
-        )
-        for n in names
-    }
-    used = {n: any(r[n] is not None for r in slot_rows) for n in names}
-    return tasks, rows, used
+    """:func:`tests.reference.expected_grads`, with :func:`lm_loss` by default."""
+    return reference.expected_grads(make_model, layout, step, K, groups, aggregator, loss)
