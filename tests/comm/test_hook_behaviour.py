@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lightning_bmoo.comm import BucketMOOState, register_bucket_moo_hook
 
 from ..distributed import RemoteError, run_distributed
-from .workload import loss_of, make_model, train
+from .workload import loss_of, make_model, nan_for_ru_at_step_1, train
 
 
 def _traffic(rank, world_size, K, transport):
@@ -107,11 +107,6 @@ def test_a_task_with_a_zero_row_takes_no_part_in_that_groups_solve():
     torch.testing.assert_close(grad, model.heads["en"].weight.grad)
 
 
-def _nan_loss(model, language, step, slot, dtype):
-    value = loss_of(model, language, step, slot, dtype)
-    return value * float("nan") if (language == "ru" and step == 1) else value
-
-
 def test_nonfinite_drop_removes_the_language_and_warns():
     import warnings
 
@@ -124,7 +119,7 @@ def test_nonfinite_drop_removes_the_language_and_warns():
                 aggregator="mgda",
                 steps=2,
                 nonfinite="drop",
-                loss=_nan_loss,
+                loss=nan_for_ru_at_step_1,
                 layout=lambda step: ["en", "ru"],
             )
         return result, [str(w.message) for w in caught]
@@ -145,7 +140,7 @@ def test_nonfinite_propagate_lets_nan_reach_the_gradients():
             aggregator="mgda",
             steps=2,
             nonfinite="propagate",
-            loss=_nan_loss,
+            loss=nan_for_ru_at_step_1,
             layout=lambda step: ["en", "ru"],
         )
 

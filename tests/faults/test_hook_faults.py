@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from lightning_bmoo.aggregators import MGDA, Aggregator
 from lightning_bmoo.comm import register_bucket_moo_hook
 
-from ..comm.workload import loss_of, make_model, train
+from ..comm.workload import loss_of, make_model, nan_for_ru_at_step_1, train
 from ..distributed import run_distributed
 from .ranks import run_ranks
 
@@ -94,11 +94,6 @@ def test_a_failing_solver_falls_back_to_the_mean_on_every_rank_and_training_goes
         assert torch.equal(p, q)
 
 
-def _nan_on_step_1(model, language, step, slot, dtype):
-    value = loss_of(model, language, step, slot, dtype)
-    return value * float("nan") if (language == "ru" and step == 1) else value
-
-
 def test_propagating_nan_without_a_scaler_warns_once():
     def run(rank, world_size):
         with warnings.catch_warnings(record=True) as caught:
@@ -109,7 +104,7 @@ def test_propagating_nan_without_a_scaler_warns_once():
                 aggregator="mgda",
                 steps=3,
                 nonfinite="propagate",
-                loss=_nan_on_step_1,
+                loss=nan_for_ru_at_step_1,
                 layout=lambda step: ["en", "ru"],
             )
         return result["stats"][1].propagated, [str(w.message) for w in caught]
