@@ -99,3 +99,24 @@ def _task_rows(make_model, layout: tuple[str, ...], step: int, K: int, loss: Los
     }
     used = {n: any(r[n] is not None for r in slot_rows) for n in names}
     return tasks, rows, used
+
+
+def close(got: torch.Tensor, want: torch.Tensor, where: str) -> None:
+    """The reference's default tolerance: ``rtol=1e-4, atol=1e-6``."""
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=where)
+
+
+def assert_grad_matches(
+    got: torch.Tensor | None,
+    want: torch.Tensor | None,
+    where: str,
+    close: Callable[[torch.Tensor, torch.Tensor, str], None] = close,
+) -> None:
+    """``got`` (a ``.grad``) is what :func:`expected_grads` says: ``None`` where no slot used
+    the parameter, else ``close(got as float64 1-D, want, where)`` (by default within
+    ``rtol=1e-4, atol=1e-6``)."""
+    if want is None:
+        assert got is None, where
+    else:
+        assert got is not None, where
+        close(got.double().flatten(), want, where)

@@ -10,7 +10,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
 from examples.multilingual.model import MultilingualLM
 from lightning_bmoo.callbacks import InterferenceMonitor
@@ -28,21 +27,10 @@ class TinyLM(MultilingualLM):
         torch.set_num_threads(1)  # two ranks share two cores with other work
 
 
-class PlannedTokens(pl.LightningDataModule):
-    """Serves each rank its slots of a fixed list of step layouts (``W * K`` languages each)."""
-
-    def __init__(self, layouts: list[list[str]], slots_per_rank: int) -> None:
-        super().__init__()
-        self.layouts, self.slots_per_rank = layouts, slots_per_rank
-
-    def train_dataloader(self) -> DataLoader:
-        K, rank = self.slots_per_rank, self.trainer.global_rank
-        batches = []
-        for step, layout in enumerate(self.layouts):
-            for k in range(K):
-                language = layout[rank * K + k]
-                batches.append({"input_ids": tokens(language, step, k), "language": language})
-        return DataLoader(batches, batch_size=None)
+def token_batch(language: str, step: int, slot: int) -> dict[str, Any]:
+    """The slot's tokens (:func:`tests.hf.tiny.tokens`) with its language: a batch for
+    :class:`tests.strategy.models.PlannedData`."""
+    return {"input_ids": tokens(language, step, slot), "language": language}
 
 
 class GradRecorder(pl.Callback):

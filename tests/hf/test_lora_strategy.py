@@ -16,8 +16,10 @@ import torch
 from lightning_bmoo.callbacks import InterferenceMonitor
 from lightning_bmoo.strategy import BucketMOOStrategy
 
+from ..reference import assert_grad_matches
 from ..strategy.helpers import fit
-from .lightning_parts import GradRecorder, PlannedTokens, TinyLM
+from ..strategy.models import PlannedData
+from .lightning_parts import GradRecorder, TinyLM, token_batch
 from .tiny import LANGUAGES, expected_grads, per_language_model
 
 K = 2
@@ -36,7 +38,7 @@ def test_per_language_adapters_through_the_strategy_and_the_monitor(tmp_path):
         tmp_path,
         strategy,
         model=TinyLM(per_language_model(), per_language=True),
-        data=PlannedTokens(LAYOUTS, K),
+        data=PlannedData(LAYOUTS, K, token_batch),
         callbacks=[GradRecorder(str(tmp_path)), InterferenceMonitor(1, heatmaps=False)],
         accumulate_grad_batches=K,
         max_steps=len(LAYOUTS),
@@ -48,14 +50,8 @@ def test_per_language_adapters_through_the_strategy_and_the_monitor(tmp_path):
             assert {n for _, names in groups for n in names} == set(grads)
             want = expected_grads(per_language_model, layout, step, K, groups, "mgda")
             for name, expected in want.items():
-                got, where = grads[name], f"rank {rank} layout {layout} {name}"
-                if expected is None:
-                    assert got is None, where
-                else:
-                    assert got is not None, where
-                    torch.testing.assert_close(
-                        got.double().flatten(), expected, rtol=1e-4, atol=1e-6, msg=where
-                    )
+                where = f"rank {rank} layout {layout} {name}"
+                assert_grad_matches(grads[name], expected, where)
     # The last step holds 4 languages, each in its own adapter: no group holds two of them.
     metrics, group_cos = torch.load(tmp_path / "monitor0.pt", weights_only=False)
     for name in ("cos_min", "cos_mean", "conflict_rate", "conflict_rate_weighted"):
@@ -81,7 +77,7 @@ def test_per_language_adapters_with_checkpointing_bf16_and_tied_embeddings_train
         tmp_path,
         strategy,
         model=TinyLM(model, per_language=True, lr=1e-2, gradient_checkpointing=True),
-        data=PlannedTokens(layouts, K),
+        data=PlannedData(layouts, K, token_batch),
         callbacks=[GradRecorder(str(tmp_path))],
         accumulate_grad_batches=K,
         precision="bf16-mixed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -242,23 +243,34 @@ class HeadsModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-class PlannedData(pl.LightningDataModule):
-    """Serves each rank its slots of a fixed list of step layouts (``W * K`` languages each)."""
+def regression_batch(language: str, step: int, slot: int) -> dict[str, Any]:
+    """The workload's regression batch of a slot, as a dict with its language."""
+    from ..comm.workload import batch
 
-    def __init__(self, layouts: list[list[str]], slots_per_rank: int) -> None:
+    x, y = batch(language, step, slot)
+    return {"x": x, "y": y, "language": language}
+
+
+class PlannedData(pl.LightningDataModule):
+    """Serves each rank its slots of a fixed list of step layouts (``W * K`` languages each),
+    each slot's batch made by ``make_batch(language, step, slot)``."""
+
+    def __init__(
+        self,
+        layouts: list[list[str]],
+        slots_per_rank: int,
+        make_batch: Callable[[str, int, int], dict[str, Any]] = regression_batch,
+    ) -> None:
         super().__init__()
-        self.layouts, self.slots_per_rank = layouts, slots_per_rank
+        self.layouts, self.slots_per_rank, self.make_batch = layouts, slots_per_rank, make_batch
 
     def train_dataloader(self) -> DataLoader:
-        from ..comm.workload import batch
-
         K, rank = self.slots_per_rank, self.trainer.global_rank
-        batches = []
-        for step, layout in enumerate(self.layouts):
-            for k in range(K):
-                language = layout[rank * K + k]
-                x, y = batch(language, step, k)
-                batches.append({"x": x, "y": y, "language": language})
+        batches = [
+            self.make_batch(layout[rank * K + k], step, k)
+            for step, layout in enumerate(self.layouts)
+            for k in range(K)
+        ]
         return DataLoader(batches, batch_size=None)
 
 
