@@ -238,18 +238,20 @@ class HookState:
         )
 
     def _begin_step_stats(self, per_slot: list[list[str]]) -> tuple[SlotTasks, StepStats]:
-        """The step's layout from every slot's languages (``per_slot[k][r]``), and its stats."""
+        """The step's slot tasks from every slot's languages (``per_slot[k][r]``), and its stats."""
         # Slot s of the step is microbatch s % K of rank s // K.
         slots = [per_rank[r] for r in range(self.world_size) for per_rank in per_slot]
-        layout = SlotTasks.from_slots(slots)
-        if len(layout.tasks) < 2:
+        slot_tasks = SlotTasks.from_slots(slots)
+        if len(slot_tasks.tasks) < 2:
             self._warn_once(
                 "single",
-                f"Step {self.step} has a single language {layout.tasks[0]!r} in all its "
+                f"Step {self.step} has a single language {slot_tasks.tasks[0]!r} in all its "
                 "slots: MOO is a no-op for it. A LanguageBatchSampler gives every step "
                 "several languages.",
             )
-        return layout, StepStats(step=self.step, slots=list(slots), tasks=list(layout.tasks))
+        return slot_tasks, StepStats(
+            step=self.step, slots=list(slots), tasks=list(slot_tasks.tasks)
+        )
 
     def _solve(
         self, gramian: Tensor, stats: StepStats, key: str, numel: int, names: list[str]

@@ -70,7 +70,7 @@ class _Pending:
 
 @dataclass
 class _Stash:
-    """A unit's earlier slots: the sum of each language's shard rows, and their layout."""
+    """A unit's earlier slots: the sum of each language's shard rows, and their slot tasks."""
 
     segments: tuple[Segment, ...]
     sums: dict[str, Tensor] = field(default_factory=dict)
@@ -215,11 +215,11 @@ class FSDPBucketMOOState(HookState):
     ) -> _Rows:
         """The rows the unit's tasks are made of, at the last slot."""
         step = self._step
-        layout = step.slot_tasks
-        assert layout is not None
-        tasks = layout.tasks
+        slot_tasks = step.slot_tasks
+        assert slot_tasks is not None
+        tasks = slot_tasks.tasks
         if self.slots_per_rank == 1:
-            return _Rows(rows, None if layout.identity else layout.averaging, nbytes)
+            return _Rows(rows, None if slot_tasks.identity else slot_tasks.averaging, nbytes)
         # Per-language sums of all slots: earlier ones from the stash, the last one here.
         index = {language: t for t, language in enumerate(tasks)}
         out = rows.new_zeros(len(tasks), rows.shape[1])
@@ -234,7 +234,7 @@ class FSDPBucketMOOState(HookState):
         for row, language in zip(rows, languages):  # in rank order: deterministic on GPUs too
             out[index[language]] += row
         counter.release(nbytes)
-        counts = torch.bincount(layout.slot_task, minlength=len(tasks)).to(torch.float64)
+        counts = torch.bincount(slot_tasks.slot_task, minlength=len(tasks)).to(torch.float64)
         to_tasks = None if bool((counts == 1).all()) else torch.diag(1.0 / counts)
         return _Rows(out, to_tasks, out.numel() * out.element_size())
 

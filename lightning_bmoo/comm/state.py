@@ -57,8 +57,8 @@ class _Step:
     counter: CommCounter
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
     slot_tasks: SlotTasks | None = None
-    # The layout's averaging matrix with its columns in the order of the exchanged rows
-    # (slot-major: row k W + r is slot k of rank r, which the layout numbers r K + k).
+    # The slot tasks' averaging matrix with its columns in the order of the exchanged rows
+    # (slot-major: row k W + r is slot k of rank r, which SlotTasks numbers r K + k).
     averaging: Tensor | None = None
     identity: bool = False  # whether that matrix is the identity
     stats: StepStats | None = None
@@ -159,7 +159,7 @@ class BucketMOOState(HookState):
             clock.lap("exchange")
         else:
             if step.slot_tasks is None:
-                self._begin_layout()
+                self._begin_slot_tasks()
             self._progress(final=False)
             clock.lap("other")
             exchange, _ = step.exchanges.send(slot, params, buffer)
@@ -178,7 +178,7 @@ class BucketMOOState(HookState):
         counter = CommCounter()
         return _Step(SlotExchanges(self.transport, self.slots_per_rank, counter), counter)
 
-    def _begin_layout(self) -> None:
+    def _begin_slot_tasks(self) -> None:
         step = self._step
         step.slot_tasks, step.stats = self._begin_step_stats(step.slots)
         W, K = self.world_size, self.slots_per_rank
