@@ -27,18 +27,14 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import os
-import socket
 import statistics
-import tempfile
 import time
 from typing import Any
 
 import torch
-import torch._dynamo  # FSDP and DDP import it lazily: once, before forking
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from lm import TransformerLM, train_step
+from ranks import run_ranks
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -87,7 +83,7 @@ def _shard_numels(model: nn.Module) -> list[int]:
     return out
 
 
-def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int, out: str) -> None:
+def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int) -> dict | None:
     runs = []
     for config in configs:
         model, state = _build(config, K)
@@ -119,19 +115,15 @@ def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int, out: str)
                 "held": max(s.peak_extra_bytes for s in steps_stats) if steps_stats else 0,
             }
         )
-    if rank == 0:
-        numel = sum(p.numel() for p in _model().parameters())
-        arithmetic = _arithmetic_times(shards, W * K)
-        torch.save(
-            {
-                "results": results,
-                "shards": shards,
-                "numel": numel,
-                "collectives": collectives,
-                "arithmetic": arithmetic,
-            },
-            out,
-        )
+    if rank != 0:
+        return None
+    return {
+        "results": results,
+        "shards": shards,
+        "numel": sum(p.numel() for p in _model().parameters()),
+        "collectives": collectives,
+        "arithmetic": _arithmetic_times(shards, W * K),
+    }
 
 
 def _collective_times(numel: int) -> dict[str, float]:
@@ -171,7 +163,7 @@ def _arithmetic_times(shards: list[int], T: int) -> dict[str, float]:
     return {"Gramians": statistics.median(gramians), "combination": statistics.median(combinations)}
 
 
-def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int, out: str) -> None:
+def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int) -> int:
     # A fixed mmap threshold (here only: it slows allocation, which the timed phase must not
     # suffer): large tensors are mmapped and leave the resident set when freed, so that the
     # peak follows the live tensors (glibc raises the threshold as tensors are freed).
@@ -186,7 +178,7 @@ def _memory(rank: int, world: int, configs: list[dict], steps: int, K: int, out:
     before = _status_bytes("VmRSS")
     for step in range(steps):
         train_step(model, state, opt, _tokens(K, g), rank, step)
-    torch.save(_status_bytes("VmHWM") - before, f"{out}.{rank}")
+    return _status_bytes("VmHWM") - before
 
 
 def _status_bytes(field: str) -> int:
@@ -196,27 +188,6 @@ def _status_bytes(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _worker(rank: int, world: int, port: int, phase, *args: Any) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    phase(rank, world, *args)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-def _launch(phase, world: int, configs: list[dict], steps: int, K: int, out: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.start_processes(
-        _worker,
-        args=(world, port, phase, configs, steps, K, out),
-        nprocs=world,
-        start_method="fork",
-    )
 
 
 def configurations(quick: bool) -> list[dict]:
@@ -238,15 +209,11 @@ def main() -> None:
     args = parser.parse_args()
     W, K = args.world_size, args.slots
     configs = configurations(args.quick)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "timed.pt")
-        _launch(_timed, W, configs, args.steps, K, out)
-        timed = torch.load(out)
-        memory = []
-        for config in [*configs, {"wrap": "ddp", "aggregator": "mgda", "granularity": "bucket"}]:
-            path = os.path.join(tmp, "memory")
-            _launch(_memory, W, [config], args.memory_steps, K, path)
-            memory.append(max(torch.load(f"{path}.{r}") for r in range(W)))
+    timed = run_ranks(_timed, W, configs, args.steps, K)[0]
+    memory = [
+        max(run_ranks(_memory, W, [config], args.memory_steps, K))
+        for config in [*configs, {"wrap": "ddp", "aggregator": "mgda", "granularity": "bucket"}]
+    ]
     shards, results = timed["shards"], timed["results"]
     # FSDP2 reduce-scatters every microbatch: K reduce-scatters per step.
     reduce_scatter = K * (W - 1) * sum(shards) * 4

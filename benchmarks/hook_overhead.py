@@ -20,18 +20,13 @@ busy machine. Printed per configuration:
 from __future__ import annotations
 
 import argparse
-import gc
-import os
-import socket
 import statistics
-import tempfile
 import time
 
 import torch
-import torch._dynamo  # DDP imports it lazily: import it once, before forking
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from lm import LANGUAGES, TransformerLM, train_step
+from ranks import run_ranks
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightning_bmoo.comm import register_bucket_moo_hook
@@ -44,12 +39,7 @@ def languages(T: int) -> tuple[str, ...]:
     return LANGUAGES[:T] if len(LANGUAGES) >= T else tuple(f"x{i:02d}" for i in range(T))
 
 
-def _run(
-    rank: int, world: int, port: int, configs: list[dict], steps: int, warmup: int, out: str
-) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _run(rank: int, world: int, configs: list[dict], steps: int, warmup: int) -> list[dict]:
     runs = []
     for config in configs:
         torch.manual_seed(0)
@@ -111,12 +101,8 @@ def _run(
         }
         for run in runs
     ]
-    if rank == 0:
-        torch.save(results, out)
     runs.clear()
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    return results
 
 
 def run_configs(configs: list[dict], steps: int, world: int, warmup: int = 3) -> list[dict]:
@@ -125,15 +111,7 @@ def run_configs(configs: list[dict], steps: int, world: int, warmup: int = 3) ->
     Each configuration is a dict with ``bucket_mb``, ``slots`` (K), ``aggregator`` (``None``
     for plain DDP), ``transport``, ``granularity`` and optionally ``languages`` (T).
     """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "r.pt")
-        mp.start_processes(
-            _run, args=(world, port, configs, steps, warmup, out), nprocs=world, start_method="fork"
-        )
-        return torch.load(out)
+    return run_ranks(_run, world, configs, steps, warmup)[0]
 
 
 def configurations(bucket_mb: float, quick: bool, slots: int) -> list[dict]:

@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
-import os
-import socket
 import statistics
-import tempfile
 import time
 
 import torch
-import torch._dynamo  # DDP imports it lazily: import it once, before forking
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from lm import LANGUAGES
 from peft import LoraConfig, get_peft_model
+from ranks import run_ranks
 from torch.nn.parallel import DistributedDataParallel as DDP
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -42,7 +38,6 @@ from lightning_bmoo.adapters import activate_language, add_language_adapters
 from lightning_bmoo.comm import register_bucket_moo_hook
 
 VOCAB, WIDTH, LAYERS, HEADS, SEQ, BATCH = 8000, 384, 6, 6, 64, 8
-LANGUAGES = ("de", "en", "fr", "ru")
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -86,12 +81,7 @@ def _step(run: dict, rank: int, step: int, K: int) -> None:
     run["opt"].zero_grad(set_to_none=True)
 
 
-def _run(
-    rank: int, world: int, port: int, configs: list[dict], args: argparse.Namespace, out: str
-) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _run(rank: int, world: int, configs: list[dict], args: argparse.Namespace) -> list[dict]:
     runs = []
     for config in configs:
         model = build(config["setup"], args.rank)
@@ -138,28 +128,13 @@ def _run(
         result["sent"] = statistics.median(run["sent"]) if run["sent"] else all_reduce
         result["hook_s"] = statistics.median(run["hook_s"]) if run["hook_s"] else 0.0
         results.append(result)
-    if rank == 0:
-        torch.save(results, out)
     runs.clear()
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    return results
 
 
 def run_configs(configs: list[dict], args: argparse.Namespace) -> list[dict]:
     """Runs the configurations side by side in fresh processes; rank 0's measurements."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "r.pt")
-        mp.start_processes(
-            _run,
-            args=(args.world_size, port, configs, args, out),
-            nprocs=args.world_size,
-            start_method="fork",
-        )
-        return torch.load(out)
+    return run_ranks(_run, args.world_size, configs, args)[0]
 
 
 def main() -> None:
