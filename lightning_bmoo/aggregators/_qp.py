@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from operator import mul
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -23,7 +24,7 @@ TOL = 1e-12
 # Block exchanges allowed without progress before falling back to single ones.
 _BACKUP = 3
 # Smallest batch that is compacted once most of its problems are solved: below it the
-# indexing costs more than the smaller factorisations save.
+# indexing costs more than the smaller systems save.
 _COMPACT_MIN = 24
 
 #: A Cholesky factor on Python floats: its rows, and its columns below the diagonal.
@@ -53,17 +54,41 @@ def nonneg_qp(
     refine: bool = False,
     max_pivots: int | None = None,
 ) -> Tensor:
+    """:func:`nonneg_qp_array` on tensors (CPU float64; the result shares no memory)."""
+    x = nonneg_qp_array(
+        M.numpy(),
+        c.numpy(),
+        free=None if free is None else free.numpy(),
+        ridge=ridge,
+        refine=refine,
+        max_pivots=max_pivots,
+    )
+    return torch.from_numpy(x)
+
+
+def nonneg_qp_array(
+    M: np.ndarray,
+    c: np.ndarray,
+    *,
+    free: np.ndarray | None = None,
+    ridge: float = RIDGE,
+    refine: bool = False,
+    max_pivots: int | None = None,
+) -> np.ndarray:
     """Solves ``min_x x^T (M + ridge I) x / 2 + c^T x, x >= 0`` for every row ``c`` of ``c``.
+
+    On numpy arrays: at this size each numpy op costs a fraction of a microsecond, a tensor op
+    several, and the pivoting is dozens of small ops per round.
 
     Args:
         M: symmetric positive semi-definite ``T x T`` float64 matrix of order one (unit diagonal
             or zero rows, see :func:`unit_diagonal`).
         c: ``B x T`` linear terms.
-        free: ``B x T`` guess of the support of ``x``; defaults to ``c < 0``.
+        free: ``B x T`` boolean guess of the support of ``x``; defaults to ``c < 0``.
         ridge: added to the diagonal of ``M`` (see ``RIDGE``). Smaller is less biased, larger
             is less noisy where ``M`` is singular; with ``refine`` the bias goes anyway.
-        refine: remove the ridge's O(ridge) bias (two more triangular solves). Worth it when
-            the solution should make ``M x + c`` vanish exactly on a singular ``M``.
+        refine: remove the ridge's O(ridge) bias (two more solves). Worth it when the
+            solution should make ``M x + c`` vanish exactly on a singular ``M``.
         max_pivots: pivot cap; defaults to ``8 T + 32``. Reaching it (seen only for 64 tasks
             of rank 32) returns the last iterate clipped to ``x >= 0``: feasible, if not
             optimal, rather than an error in the middle of training.
@@ -72,105 +97,118 @@ def nonneg_qp(
         ``x`` (``B x T``) with ``x >= 0``, ``y = x Q + c >= 0`` and ``x * y == 0`` up to
         rounding (``Q = M + ridge I``): the exact KKT point.
     """
+    eye = np.eye(len(M))
     for _ in range(3):
+        Q = M + ridge * eye
         try:
-            return _pivot(M, ridge, c, free, refine, max_pivots)
-        except torch.linalg.LinAlgError:
+            # The pivoting solves its systems by LU, which does not test definiteness: one
+            # Cholesky of Q does, for every principal submatrix of Q at once.
+            np.linalg.cholesky(Q)
+            return _pivot(Q, eye, c, free, refine, ridge, max_pivots)
+        except np.linalg.LinAlgError:
             # Gramians summed in float32 can have eigenvalues slightly below zero: lift them.
-            ridge = 1e3 * ridge + 2.0 * max(0.0, -float(torch.linalg.eigvalsh(M)[0]))
+            ridge = 1e3 * ridge + 2.0 * max(0.0, -float(np.linalg.eigvalsh(M)[0]))
     raise torch.linalg.LinAlgError("nonneg_qp: the Gramian is far from positive semi-definite.")
 
 
 def _pivot(
-    M: Tensor,
-    ridge: float,
-    c: Tensor,
-    free: Tensor | None,
+    Q: np.ndarray,
+    eye: np.ndarray,
+    c: np.ndarray,
+    free: np.ndarray | None,
     refine: bool,
+    ridge: float,
     max_pivots: int | None,
-) -> Tensor:
+) -> np.ndarray:
     B, T = c.shape
-    eye = torch.eye(T, dtype=M.dtype)
-    Q = torch.add(M, eye, alpha=ridge)
     # x = 0 off the free set and y = 0 on it (up to rounding far below the tolerance), so the
     # sign test on both is one test on x + y = x (Q + I) + c.
-    Q_plus_eye = torch.add(Q, eye)
-    neg_tol_c = torch.linalg.vector_norm(c, math.inf, 1, keepdim=True).mul_(-TOL)
+    Q_plus_eye = Q + eye
+    neg_tol_c = np.abs(c).max(1, keepdims=True) * -TOL
     if free is None:
         # Start from x = 0 with every descent coordinate freed: the first block exchange.
         free = c < neg_tol_c
         if not free.any():
-            return torch.zeros_like(c)
-    neg_c = (-c).unsqueeze_(-1)
-    # Kim & Park's bookkeeping is per problem and scalar: on Python ints it costs no tensor
-    # ops, which at this size cost more than the factorisations. Their rule exchanges whole
-    # blocks in the first _BACKUP + 1 rounds whatever the counts, so counting starts after.
+            return np.zeros_like(c)
+    neg_c = -c
+    # Solved problems leave a large batch once they are the majority (refinement needs every
+    # problem's last free set, so the batch stays whole then); their solutions are kept at
+    # rows ``rows`` of ``out``. In a small batch the indexing costs more than it saves.
+    compact = not refine and B >= _COMPACT_MIN
+    out = rows = None
+    # Kim & Park's bookkeeping is per problem and scalar: on Python ints it costs no array
+    # ops. Their rule exchanges whole blocks in the first _BACKUP + 1 rounds whatever the
+    # counts, so counting starts after.
     best = [T + 1] * B
     backup = [_BACKUP] * B
-    # Finished problems leave the batch once they are the majority (see _COMPACT_MIN): their
-    # solutions are kept in ``out`` at rows ``rows`` of the batch.
-    out: Tensor | None = None
-    rows: Tensor | None = None
     for it in range(8 * T + 32 if max_pivots is None else max_pivots):
         # The system Q_FF x_F = -c_F, padded with identity rows so that x is 0 off the free set.
-        L, info = torch.linalg.cholesky_ex(torch.where(free[:, :, None] & free[:, None, :], Q, eye))
-        x = torch.cholesky_solve(neg_c * free[:, :, None], L).squeeze_(-1)
-        neg_tol = torch.add(
-            neg_tol_c, torch.linalg.vector_norm(x, math.inf, 1, keepdim=True), alpha=-TOL
-        )
-        bad = torch.addmm(c, x, Q_plus_eye) < neg_tol
-        if it <= _BACKUP:
+        solved = free
+        A = np.where(free[:, :, None] & free[:, None, :], Q, eye)
+        x = np.linalg.solve(A, (neg_c * free)[:, :, None])[:, :, 0]
+        neg_tol = neg_tol_c - TOL * np.abs(x).max(1, keepdims=True)
+        bad = x @ Q_plus_eye + c < neg_tol
+        if it <= _BACKUP and not compact:
             if not bad.any():
                 break
             free = free ^ bad
             continue
         n_bad = bad.sum(1).tolist()
-        if not any(n_bad):
-            break
-        # Kim & Park's rule, per problem: exchange every infeasible variable while their number
-        # drops (or for a few more tries), else only the last one (Murty's rule, which cannot
-        # cycle); the count dropping below its best so far is what makes this finite.
-        single = []
-        for b, n in enumerate(n_bad):
-            if n < best[b]:
-                best[b], backup[b] = n, _BACKUP
-            else:
-                backup[b] -= 1
-                if backup[b] < 0 and n:
-                    single.append(b)
-        if single:
-            idx = torch.tensor(single)
-            last = (bad[idx] * torch.arange(T)).argmax(1, keepdim=True)
-            bad[idx] = torch.zeros(len(single), T, dtype=torch.bool).scatter_(
-                1, last, bad[idx].gather(1, last)
-            )
-        free = free ^ bad
         todo = [b for b, n in enumerate(n_bad) if n]
-        # Refinement needs every problem's last factor, so the batch stays whole then.
-        if not refine and len(n_bad) >= _COMPACT_MIN and 2 * len(todo) <= len(n_bad):
-            if info.any():
-                raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
-            if out is None:
-                out = x
-            else:
-                out.index_copy_(0, rows, x)
-            keep = torch.tensor(todo)
-            rows = keep if rows is None else rows[keep]
-            c, neg_c, neg_tol_c, free = c[keep], neg_c[keep], neg_tol_c[keep], free[keep]
+        if not todo:
+            break
+        if it > _BACKUP:
+            _kim_park(bad, n_bad, best, backup)
+        free = free ^ bad
+        if compact and 2 * len(todo) <= len(n_bad):
+            out, rows = _compacted(out, rows, x)
+            keep = np.array(todo)
+            rows, x, c, neg_c, neg_tol_c, free = (
+                v[keep] for v in (rows, x, c, neg_c, neg_tol_c, free)
+            )
             best = [best[b] for b in todo]
             backup = [backup[b] for b in todo]
-    # A failed factorisation leaves NaNs, which compare False: checked once, here.
-    if info.any():
-        raise torch.linalg.LinAlgError("nonneg_qp: the matrix is not positive definite.")
     if refine:
-        step = _unbias(x, ridge, free, L)
-        x = x + step.mul_(_feasible_fraction(x, step))
+        step = _unbias(x, ridge, solved, Q, eye)
+        x += step * _feasible_fraction(x, step)
     if out is not None:
-        x = out.index_copy_(0, rows, x)
-    return x.clamp_min(0.0)
+        out[rows] = x
+        x = out
+    return np.maximum(x, 0.0, out=x)
 
 
-def _feasible_fraction(x: Tensor, step: Tensor) -> Tensor:
+def _compacted(
+    out: np.ndarray | None, rows: np.ndarray | None, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stores the batch's solutions ``x`` at rows ``rows`` of ``out`` (the first time,
+    ``x`` itself becomes ``out``)."""
+    if out is None:
+        return x, np.arange(len(x))
+    out[rows] = x
+    return out, rows
+
+
+def _kim_park(bad: np.ndarray, n_bad: list[int], best: list[int], backup: list[int]) -> None:
+    """Kim & Park's rule, per problem: keep exchanging every infeasible variable while their
+    number drops (or for a few more tries), else only the last one (Murty's rule, which cannot
+    cycle); the count dropping below its best so far is what makes this finite.
+
+    Edits ``bad`` (the variables to exchange, one row per problem), ``best`` and ``backup``.
+    """
+    for b, n in enumerate(n_bad):
+        if not n:
+            continue
+        if n < best[b]:
+            best[b], backup[b] = n, _BACKUP
+        else:
+            backup[b] -= 1
+            if backup[b] < 0:
+                last = bad[b].nonzero()[0][-1]
+                bad[b] = False
+                bad[b, last] = True
+
+
+def _feasible_fraction(x: np.ndarray, step: np.ndarray) -> np.ndarray:
     """The largest ``t`` in ``[0, 1]`` (per row) with ``x + t step >= 0``.
 
     The bias correction moves mostly along near-null directions of ``K_FF``, where ``y`` barely
@@ -179,11 +217,14 @@ def _feasible_fraction(x: Tensor, step: Tensor) -> Tensor:
     not null, breaking ``y >= 0`` (an update that conflicts with a task). Shortening the whole
     step keeps ``x >= 0`` and ``y`` where the pivoting left it.
     """
-    ratio = torch.where(step < 0, x.clamp_min(0.0) / -step, math.inf)
-    return ratio.amin(-1, keepdim=True).clamp_(max=1.0)
+    shrinking = step < 0
+    ratio = np.divide(np.maximum(x, 0.0), -step, out=np.full_like(x, np.inf), where=shrinking)
+    return np.minimum(ratio.min(-1, keepdims=True), 1.0)
 
 
-def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
+def _unbias(
+    x: np.ndarray, ridge: float, free: np.ndarray, Q: np.ndarray, eye: np.ndarray
+) -> np.ndarray:
     """Returns the correction that removes the ridge's O(ridge) bias from ``x``.
 
     A step of iterated Tikhonov, ``A^-1 (ridge x)`` with ``A = K_FF + ridge I``, solves the
@@ -191,8 +232,9 @@ def _unbias(x: Tensor, ridge: float, free: Tensor, L: Tensor) -> Tensor:
     doubles the (harmless) null-space part of ``x``, which can push entries below zero; a
     second step estimates that part and takes it back out.
     """
-    step = torch.cholesky_solve(torch.where(free, ridge * x, 0.0).unsqueeze(-1), L)
-    return (step - torch.cholesky_solve(ridge * step, L)).squeeze(-1)
+    A = np.where(free[:, :, None] & free[:, None, :], Q, eye)
+    step = np.linalg.solve(A, np.where(free, ridge * x, 0.0)[:, :, None])
+    return (step - np.linalg.solve(A, ridge * step))[:, :, 0]
 
 
 def nonneg_qp_floats(

@@ -6,18 +6,20 @@ import math
 from collections.abc import Hashable
 from operator import mul
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ._base import Aggregator
-from ._qp import nonneg_qp, nonneg_qp_floats, unit_diagonal
+from ._qp import nonneg_qp_array, nonneg_qp_floats
 
 # Squared norm (relative to |g_i|^2) below which a projection counts as vanishing.
 _VANISHING = 1e-6
 # Once the bias is refined away, a larger ridge only damps rounding noise in singular systems.
 _REFINED_RIDGE = 1e-12
-# Up to this many tasks the projections are solved one by one on Python floats.
-_FLOAT_MAX_TASKS = 7
+# Up to this many tasks the projections are solved one by one on Python floats; beyond, the
+# batched array solver's fixed cost per pivot round is the smaller one.
+_FLOAT_MAX_TASKS = 4
 
 
 class UPGrad(Aggregator):
@@ -60,8 +62,8 @@ class UPGrad(Aggregator):
                 return torch.tensor(
                     [(1.0 + sj * a) / T for sj, a in zip(s, rX, strict=True)], dtype=torch.float64
                 )
-        X, r, s = _tensor_projections(M)
-        return (r @ X).mul_(s).add_(1.0).div_(T)
+        X, r, s = _array_projections(M.numpy())
+        return torch.from_numpy((r @ X * s + 1.0) / T)
 
 
 def projection_weights(M: Tensor) -> Tensor:
@@ -79,7 +81,7 @@ def projection_weights(M: Tensor) -> Tensor:
         return torch.tensor([[0.5, -0.5 * k12 / k22], [-0.5 * k12 / k11, 0.5]], dtype=torch.float64)
     solved = _float_projections(M) if T <= _FLOAT_MAX_TASKS else None
     if solved is None:
-        X, r, s = _tensor_projections(M)
+        X, r, s = (torch.from_numpy(a) for a in _array_projections(M.numpy()))
     else:
         X, r, s = (torch.tensor(v, dtype=torch.float64) for v in solved)
     return torch.eye(T, dtype=M.dtype).add_(r[:, None] * X * s).div_(T)
@@ -105,7 +107,7 @@ def _float_projections(M: Tensor) -> tuple[list[list[float]], list[float], list[
         x = nonneg_qp_floats(K1, Ki, cache=cache)
         if x is None:
             return None
-        # As in _tensor_projections, but only the problems that need it are solved again.
+        # As in _array_projections, but only the problems that need it are solved again.
         if sum(map(mul, Ki, x)) < _VANISHING - 1.0:
             support = [j for j, xj in enumerate(x) if xj > 0.0]
             x = nonneg_qp_floats(
@@ -117,16 +119,19 @@ def _float_projections(M: Tensor) -> tuple[list[list[float]], list[float], list[
     return X, r, s
 
 
-def _tensor_projections(M: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s``, batched in torch."""
-    K1, r, s = unit_diagonal(M)
+def _array_projections(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s``, batched on arrays."""
+    r = np.sqrt(M.diagonal())
+    # Zero gradients get s = 0: their rows of K1 are zero.
+    s = np.divide(1.0, r, out=np.zeros_like(r), where=r > 0.0)
+    K1 = M * np.outer(s, s)
     # In unit-diagonal variables problem i reads min (e_i + x)^T K1 (e_i + x), x >= 0, scaled
     # by r_i / T (the QP is positively homogeneous); row i of K1 is its linear term.
-    X = nonneg_qp(K1, K1)
+    X = nonneg_qp_array(K1, K1)
     # |d_i|^2 = 1 + K1_i . x_i at the optimum. Where some projection (nearly) vanishes, the
     # ridge's O(1e-14) bias is no longer small next to it: solve again without the bias.
     if (K1 * X).sum(1).min() < _VANISHING - 1.0:
         # Warm: the supports barely move with the ridge, and pivoting from scratch on the
         # near-singular Gramians where projections vanish can take dozens of rounds.
-        X = nonneg_qp(K1, K1, ridge=_REFINED_RIDGE, refine=True, free=X > 0)
+        X = nonneg_qp_array(K1, K1, ridge=_REFINED_RIDGE, refine=True, free=X > 0)
     return X, r, s
