@@ -249,7 +249,7 @@ def nonneg_qp_floats(
     """:func:`nonneg_qp` for one linear term, on Python floats.
 
     The same pivoting rule, tolerances and ridge, so the same solution up to rounding, but
-    without tensor ops: a tiny problem costs microseconds instead of a hundred. ``cache``
+    without array ops, whose fixed costs dominate a tiny problem. ``cache``
     maps free sets to their Cholesky factors, so that problems sharing ``M`` and ``ridge``
     (UPGrad's ``T`` projections) factorise each distinct free set once. ``free`` is a guess of
     the support (sorted indices), as in :func:`nonneg_qp`.
