@@ -91,25 +91,24 @@ class NashMTL(StatefulAggregator):
     ) -> np.ndarray:
         """``_weights`` on numpy arrays: a numpy op costs a fraction of a tensor op's
         microseconds at this size, and each Newton iteration is a dozen of them."""
-        diag = M.diagonal()
-        live = diag > _ZERO
-        if not live.all():
+        T = len(M)
+        # The scalars on Python floats: cheaper than array ops at this size.
+        diag = M.diagonal().tolist()
+        if min(diag) <= _ZERO:
             # Zero gradients drop out; solve among the others.
-            idx = live.nonzero()[0]
-            sub = self._array_weights(
-                M[np.ix_(idx, idx)], tuple(tasks[i] for i in idx.tolist()), state
-            )
-            w = np.zeros(len(M))
-            w[idx] = sub
+            live = [i for i in range(T) if diag[i] > _ZERO]
+            sub = self._array_weights(M[np.ix_(live, live)], tuple(tasks[i] for i in live), state)
+            w = np.zeros(T)
+            w[live] = sub
             return w
-        inv = 1.0 / np.sqrt(diag)
-        Kt = M * np.outer(inv, inv)
-        Kt.flat[:: len(M) + 1] += self.ridge
+        inv = np.array([1.0 / math.sqrt(d) for d in diag])
+        Kt = M * (inv[:, None] * inv)
+        Kt.flat[:: T + 1] += self.ridge
         if state:
             start = np.array([state.get(t, 1.0) for t in tasks])
         else:
             # Cold: the best multiple of 1, minimising f(t 1) = t^2 1'K1 / 2 - T log t.
-            start = np.full(len(M), math.sqrt(len(M) / float(Kt.sum())))
+            start = np.full(T, math.sqrt(T / float(Kt.sum())))
         alpha, self.last_iterations = _newton(Kt, start, self.max_iter, self.tol)
         state.update(zip(tasks, alpha.tolist(), strict=True))
         w = alpha * inv

@@ -121,10 +121,12 @@ def _float_projections(M: Tensor) -> tuple[list[list[float]], list[float], list[
 
 def _array_projections(M: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The unit-diagonal solutions ``X`` and the scalings ``r``, ``s``, batched on arrays."""
-    r = np.sqrt(M.diagonal())
-    # Zero gradients get s = 0: their rows of K1 are zero.
-    s = np.divide(1.0, r, out=np.zeros_like(r), where=r > 0.0)
-    K1 = M * np.outer(s, s)
+    # The scalings on Python floats, cheaper than array ops at this size; zero gradients get
+    # s = 0: their rows of K1 are zero.
+    r_list = [math.sqrt(d) for d in M.diagonal().tolist()]
+    r = np.array(r_list)
+    s = np.array([1.0 / ri if ri > 0.0 else 0.0 for ri in r_list])
+    K1 = M * (s[:, None] * s)
     # In unit-diagonal variables problem i reads min (e_i + x)^T K1 (e_i + x), x >= 0, scaled
     # by r_i / T (the QP is positively homogeneous); row i of K1 is its linear term.
     X = nonneg_qp_array(K1, K1)
