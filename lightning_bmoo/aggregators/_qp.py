@@ -128,7 +128,7 @@ def _pivot(
     if free is None:
         # Start from x = 0 with every descent coordinate freed: the first block exchange.
         free = c < neg_tol_c
-        if not free.any():
+        if not np.count_nonzero(free):
             return np.zeros_like(c)
     neg_c = -c
     # Solved problems leave a large batch once they are the majority (refinement needs every
@@ -144,12 +144,11 @@ def _pivot(
     for it in range(8 * T + 32 if max_pivots is None else max_pivots):
         # The system Q_FF x_F = -c_F, padded with identity rows so that x is 0 off the free set.
         solved = free
-        A = np.where(free[:, :, None] & free[:, None, :], Q, eye)
-        x = np.linalg.solve(A, (neg_c * free)[:, :, None])[:, :, 0]
+        x = np.linalg.solve(_padded(Q, eye, free), (neg_c * free)[:, :, None])[:, :, 0]
         neg_tol = neg_tol_c - TOL * np.abs(x).max(1, keepdims=True)
         bad = x @ Q_plus_eye + c < neg_tol
         if it <= _BACKUP and not compact:
-            if not bad.any():
+            if not np.count_nonzero(bad):
                 break
             free = free ^ bad
             continue
@@ -161,20 +160,34 @@ def _pivot(
             _kim_park(bad, n_bad, best, backup)
         free = free ^ bad
         if compact and 2 * len(todo) <= len(n_bad):
-            out, rows = _compacted(out, rows, x)
+            out, rows = _compacted(out, rows, x * solved)
             keep = np.array(todo)
-            rows, x, c, neg_c, neg_tol_c, free = (
-                v[keep] for v in (rows, x, c, neg_c, neg_tol_c, free)
+            rows, x, solved, c, neg_c, neg_tol_c, free = (
+                v[keep] for v in (rows, x, solved, c, neg_c, neg_tol_c, free)
             )
             best = [best[b] for b in todo]
             backup = [backup[b] for b in todo]
     if refine:
         step = _unbias(x, ridge, solved, Q, eye)
         x += step * _feasible_fraction(x, step)
+    # LU's row exchanges may leave rounding-level entries off the free set (see _padded).
+    x *= solved
     if out is not None:
         out[rows] = x
         x = out
     return np.maximum(x, 0.0, out=x)
+
+
+def _padded(Q: np.ndarray, eye: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """The matrices (one per row of ``free``) with the rows of ``Q`` on the free set and of the
+    identity off it.
+
+    With a right-hand side that is 0 off the free set they give ``x_N = 0`` and then
+    ``Q_FF x_F = b_F``: the free set's system, for masking rows only (one broadcast op fewer
+    than also masking columns), at the price of symmetry, which LU does not need. Up to
+    rounding: LU's row exchanges can mix the identity rows into the others.
+    """
+    return np.where(free[:, :, None], Q, eye)
 
 
 def _compacted(
@@ -232,7 +245,7 @@ def _unbias(
     doubles the (harmless) null-space part of ``x``, which can push entries below zero; a
     second step estimates that part and takes it back out.
     """
-    A = np.where(free[:, :, None] & free[:, None, :], Q, eye)
+    A = _padded(Q, eye, free)
     step = np.linalg.solve(A, np.where(free, ridge * x, 0.0)[:, :, None])
     return (step - np.linalg.solve(A, ridge * step))[:, :, 0]
 
