@@ -24,7 +24,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..aggregators import Aggregator
 from ..vocabulary import check_language_name
-from .layout import SlotTasks, exchange_slot
+from .layout import Announcement, SlotTasks, announce_slot
 from .options import HookOptions
 from .solve import solve_group
 from .stats import GroupStats, StepStats
@@ -221,13 +221,17 @@ class HookState:
 
     def _exchange_slot(self, slot: int) -> list[str]:
         """Every rank's language for this backward pass (one small collective)."""
+        return self._announce_slot(slot).wait()
+
+    def _announce_slot(self, slot: int) -> Announcement:
+        """Starts :meth:`_exchange_slot`'s collective; ``wait()`` gives its result."""
         if self._language is None:
             raise RuntimeError(
                 "A backward pass reached the bucket-MOO hook without a language: call "
                 "state.set_slot(language) (or use `with state.slot(language):`) before each "
                 "microbatch's backward."
             )
-        return exchange_slot(
+        return announce_slot(
             self._language,
             slots_per_rank=self.slots_per_rank,
             step=self.step,

@@ -80,39 +80,83 @@ def exchange_slot(
     the hook's step and slot, the optimizer steps taken, the language). Ranks configured with
     different K, or out of step because one of them stepped the optimizer after a partial
     step, meet in this collective and raise the same error together, before any gradient is
-    combined with the wrong partner.
+    combined with the wrong partner. Blocking: :func:`announce_slot` then ``wait()``.
 
     Raises:
         RuntimeError: if the ranks disagree on K, or on where they are in the step.
     """
-    if world_size == 1:
-        return [language]
+    return announce_slot(
+        language,
+        slots_per_rank=slots_per_rank,
+        step=step,
+        slot=slot,
+        optimizer_steps=optimizer_steps,
+        group=group,
+        world_size=world_size,
+    ).wait()
+
+
+class Announcement:
+    """Every rank's slot message, possibly still in flight; :meth:`wait` checks and reads it."""
+
+    __slots__ = ("_gathered", "_work")
+
+    def __init__(self, gathered: list[Tensor], work: dist.Work | None) -> None:
+        self._gathered, self._work = gathered, work
+
+    def wait(self) -> list[str]:
+        """Every rank's language, once the ranks are known to agree on where they are.
+
+        Raises:
+            RuntimeError: if the ranks disagree on K, or on where they are in the step.
+        """
+        if self._work is not None:
+            with peers():
+                self._work.wait()
+            self._work = None
+        everything = torch.cat(self._gathered)
+        headers = everything[:, :_HEADER].contiguous().view(torch.int64).tolist()
+        per_rank = [k for k, *_ in headers]
+        if len(set(per_rank)) != 1:
+            raise RuntimeError(
+                f"Ranks disagree on the number of slots (microbatches) per step: {per_rank}. "
+                "Every rank must use the same slots_per_rank / accumulate_grad_batches."
+            )
+        positions = [tuple(position) for _, *position in headers]
+        if len(set(positions)) != 1:
+            where = ", ".join(
+                f"rank {r}: step {t} slot {s} after {o} optimizer step(s)"
+                for r, (t, s, o) in enumerate(positions)
+            )
+            raise RuntimeError(
+                f"Ranks are out of step in the bucket-MOO hook ({where}). A rank stepped the "
+                f"optimizer after fewer than {per_rank[0]} backward passes, or ran a different "
+                "number of them (e.g. it caught an exception mid-step and went on). Every rank "
+                f"must run exactly {per_rank[0]} backward passes per optimizer step; restart "
+                "from the last checkpoint."
+            )
+        return decode_languages(everything[:, _HEADER:])
+
+
+def announce_slot(
+    language: str,
+    *,
+    slots_per_rank: int,
+    step: int,
+    slot: int,
+    optimizer_steps: int,
+    group: dist.ProcessGroup | None,
+    world_size: int,
+) -> Announcement:
+    """Starts :func:`exchange_slot`'s all-gather; the returned announcement's ``wait()``
+    finishes it. Lets the backward pass go on while the message travels."""
     message = torch.zeros(1, SLOT_MESSAGE_BYTES, dtype=torch.uint8)
     header = torch.tensor([slots_per_rank, step, slot, optimizer_steps], dtype=torch.int64)
     message[0, :_HEADER] = header.view(torch.uint8)
     message[:, _HEADER:] = encode_languages([language])
+    if world_size == 1:
+        return Announcement([message], None)
     gathered = [torch.empty_like(message) for _ in range(world_size)]
     with peers():
-        dist.all_gather(gathered, message, group=group)
-    everything = torch.cat(gathered)
-    headers = everything[:, :_HEADER].contiguous().view(torch.int64).tolist()
-    per_rank = [k for k, *_ in headers]
-    if len(set(per_rank)) != 1:
-        raise RuntimeError(
-            f"Ranks disagree on the number of slots (microbatches) per step: {per_rank}. "
-            "Every rank must use the same slots_per_rank / accumulate_grad_batches."
-        )
-    positions = [tuple(position) for _, *position in headers]
-    if len(set(positions)) != 1:
-        where = ", ".join(
-            f"rank {r}: step {t} slot {s} after {o} optimizer step(s)"
-            for r, (t, s, o) in enumerate(positions)
-        )
-        raise RuntimeError(
-            f"Ranks are out of step in the bucket-MOO hook ({where}). A rank stepped the "
-            f"optimizer after fewer than {per_rank[0]} backward passes, or ran a different "
-            "number of them (e.g. it caught an exception mid-step and went on). Every rank must "
-            f"run exactly {per_rank[0]} backward passes per optimizer step; restart from the "
-            "last checkpoint."
-        )
-    return decode_languages(everything[:, _HEADER:])
+        work = dist.all_gather(gathered, message, group=group, async_op=True)
+    return Announcement(gathered, work)

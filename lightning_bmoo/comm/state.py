@@ -14,12 +14,12 @@ from torch.futures import Future
 
 from ..aggregators import Aggregator
 from .base import HookState
-from .layout import SLOT_MESSAGE_BYTES, SlotTasks
+from .layout import SLOT_MESSAGE_BYTES, Announcement, SlotTasks
 from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
 from .slots import SlotExchanges
 from .stats import GroupStats, PhaseClock, StepStats
-from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, peers
+from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, Summed, peers
 
 
 class _Segment:
@@ -34,7 +34,17 @@ class _Segment:
 class _Job:
     """One bucket of the last slot, from exchange to combined result."""
 
-    __slots__ = ("bucket", "exchange", "future", "gramians", "idle", "numel", "params", "segments")
+    __slots__ = (
+        "bucket",
+        "exchange",
+        "future",
+        "gramians",
+        "idle",
+        "numel",
+        "params",
+        "segments",
+        "summed",
+    )
 
     def __init__(
         self, exchange: Exchange, segments: list[_Segment], bucket: Tensor, params: list[Tensor]
@@ -44,6 +54,7 @@ class _Job:
         self.bucket = bucket
         self.params = params
         self.numel = bucket.numel()
+        self.summed: Summed | None = None  # the partial Gramians' sum, on its way
         self.gramians: Tensor | None = None  # (segments, T, T), summed over ranks
         self.idle: list[bool] = []  # per parameter: zero in every rank's last slot
         self.future: Future = Future()
@@ -56,6 +67,8 @@ class _Step:
     exchanges: SlotExchanges
     counter: CommCounter
     slots: list[list[str]] = field(default_factory=list)  # per slot so far: every rank's language
+    slot: int = 0  # the slot of the backward pass in progress
+    announced: Announcement | None = None  # its slot message, until read
     slot_tasks: SlotTasks | None = None
     # The slot tasks' averaging matrix with its columns in the order of the exchanged rows
     # (slot-major: row k W + r is slot k of rank r, which SlotTasks numbers r K + k).
@@ -63,6 +76,7 @@ class _Step:
     identity: bool = False  # whether that matrix is the identity
     stats: StepStats | None = None
     jobs: list[_Job] = field(default_factory=list)  # the last slot's buckets, in order
+    reducing: int = 0  # how many jobs have their partial Gramians on their way
     solved: int = 0  # how many jobs have their Gramians
     clock: PhaseClock = field(default_factory=PhaseClock)
     bucket_calls: int = 0  # buckets seen in the current backward pass
@@ -136,7 +150,7 @@ class BucketMOOState(HookState):
         try:
             return self._on_bucket(bucket)
         except PeerError as error:
-            raise self._collective_failed(error, len(self._step.slots)) from error
+            raise self._collective_failed(error, self._step.slot) from error
 
     def _on_bucket(self, bucket: dist.GradBucket) -> Future:
         step = self._step
@@ -145,29 +159,46 @@ class BucketMOOState(HookState):
         buffer = bucket.buffer()
         params = bucket.parameters()
         if step.bucket_calls == 0:
-            step.slots.append(self._exchange_slot(len(step.slots)))
+            step.slot = len(step.slots)
+            step.announced = self._announce_slot(step.slot)
             if self.world_size > 1:
                 nbytes = (self.world_size - 1) * SLOT_MESSAGE_BYTES
                 step.counter.add("slots", nbytes, nbytes)
             clock.lap("slots")
         step.bucket_calls += 1
-        slot = len(step.slots) - 1
+        slot = step.slot
+        # The slot message travels while the first bucket is sent; every rank reads (and
+        # checks) it at its second bucket, before any gradient is combined.
+        if step.announced is not None and (step.bucket_calls > 1 or bucket.is_last()):
+            step.slots.append(step.announced.wait())
+            step.announced = None
+            clock.lap("slots")
         if slot < self.slots_per_rank - 1:
             _, sent = step.exchanges.send(slot, params, buffer)
             # The next slot must accumulate from zero so that its gradient stays apart.
             future = sent.then(functools.partial(self._zeroed, buffer, slot))
             clock.lap("exchange")
         else:
-            if step.slot_tasks is None:
+            if step.slot_tasks is None and step.announced is None:
                 self._begin_slot_tasks()
-            self._progress(final=False)
-            clock.lap("other")
+            # Two stages, one hook call apart (see _start_sums): the bucket before this one
+            # starts the sum of its Gramians, the one before that, whose sum had the backward
+            # computation of a bucket to arrive, is solved and combined. Before this bucket's
+            # exchange starts, so that the hook holds the rows of two buckets at most.
+            earlier = len(step.jobs)
+            if earlier:
+                self._start_sums(earlier)
+                self._solve_ready(earlier - 1)
+                clock.lap("other")
             exchange, _ = step.exchanges.send(slot, params, buffer)
             clock.lap("exchange")
             job = _Job(exchange, self._segments(params), buffer, params)
             step.jobs.append(job)
-            if bucket.is_last():
-                self._progress(final=True)
+            if bucket.is_last():  # drains every bucket
+                self._start_sums(earlier + 1)
+                self._solve_ready(earlier + 1)
+                if self.granularity == "global":
+                    self._finish_global()
             future = job.future
         if bucket.is_last():
             self._end_backward()
@@ -250,44 +281,56 @@ class BucketMOOState(HookState):
             offset += p.numel()
         return counts
 
-    def _progress(self, final: bool) -> None:
-        """Solves and finishes, in bucket order, every bucket exchanged so far; global MOO
-        finishes every bucket at the final call only.
+    def _start_sums(self, upto: int) -> None:
+        """Starts summing over ranks the partial Gramians of the jobs before ``upto``.
 
-        Called before the next bucket's exchange starts, so the hook holds one exchanged
-        bucket at a time; each exchange still overlaps with the backward pass that computes
-        the next bucket. (Letting more wait unsolved measured no faster on gloo, for one
-        more bucket of memory each.)
+        The sum is where the ranks meet (each must have reached that bucket): read at once,
+        the faster rank waited for the slower one at every bucket; read one hook call later,
+        the wait is covered by a bucket of backward computation (docs/benchmarks.md has the
+        measurement).
         """
         step = self._step
-        assert step.stats is not None and step.slot_tasks is not None
+        for job in step.jobs[step.reducing : upto]:
+            partials = self._partials(job)
+            job.summed = self.transport.start_reduce(partials, step.counter)
+            step.clock.lap("reduce")
+        step.reducing = max(step.reducing, upto)
+
+    def _solve_ready(self, upto: int) -> None:
+        """Solves and combines, in bucket order, the jobs before ``upto`` (their sums started)."""
+        step = self._step
+        for job in step.jobs[step.solved : upto]:
+            self._solve_job(job)
+        step.solved = max(step.solved, upto)
+
+    def _solve_job(self, job: _Job) -> None:
+        """Reads the job's summed Gramians; unless global, solves and combines its groups."""
+        step = self._step
+        assert step.stats is not None and step.slot_tasks is not None and job.summed is not None
         T = len(step.slot_tasks.tasks)
         clock = step.clock
-        for job in step.jobs[step.solved :]:
-            summed = self.transport.reduce(self._partials(job), step.counter).cpu()
-            clock.lap("reduce")
-            S = len(job.segments)
-            grams = summed[: S * T * T].view(S, T, T)
-            if self.slots_per_rank > 1:
-                grams = grams * float(self.slots_per_rank) ** 2
-            # Partial products summed over ranks and chunks are symmetric only to rounding;
-            # exactly symmetric, they need no validation in the solve.
-            job.gramians = (grams + grams.transpose(1, 2)) / 2
-            if self._repair_idle:
-                job.idle = (summed[S * T * T :] == 0).tolist()
-            if self.granularity != "global":
-                clock.lap("other")
-                with one_thread():
-                    groups = [
-                        self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
-                        for g, seg in zip(job.gramians.unbind(), job.segments)
-                    ]
-                step.stats.groups.extend(groups)
-                clock.lap("solve")
-                self._finish(job, torch.stack([group.weights for group in groups]))
-        step.solved = len(step.jobs)
-        if final and self.granularity == "global":
-            self._finish_global()
+        clock.lap("other")
+        summed, job.summed = job.summed.wait(), None
+        clock.lap("reduce")
+        S = len(job.segments)
+        grams = summed[: S * T * T].view(S, T, T)
+        if self.slots_per_rank > 1:
+            grams = grams * float(self.slots_per_rank) ** 2
+        # Partial products summed over ranks and chunks are symmetric only to rounding;
+        # exactly symmetric, they need no validation in the solve.
+        job.gramians = (grams + grams.transpose(1, 2)) / 2
+        if self._repair_idle:
+            job.idle = (summed[S * T * T :] == 0).tolist()
+        if self.granularity != "global":
+            clock.lap("other")
+            with one_thread():
+                groups = [
+                    self._solve(g, step.stats, seg.key, seg.end - seg.start, seg.names)
+                    for g, seg in zip(job.gramians.unbind(), job.segments)
+                ]
+            step.stats.groups.extend(groups)
+            clock.lap("solve")
+            self._finish(job, torch.stack([group.weights for group in groups]))
 
     def _finish_global(self) -> None:
         step = self._step

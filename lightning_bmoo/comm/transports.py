@@ -96,6 +96,23 @@ class Exchange:
         return self.blocks
 
 
+class Summed:
+    """A sum over ranks, possibly still in flight: :meth:`wait` returns it."""
+
+    __slots__ = ("_tensor", "_work")
+
+    def __init__(self, tensor: Tensor, work: dist.Work | None = None) -> None:
+        self._tensor, self._work = tensor, work
+
+    def wait(self) -> Tensor:
+        """Waits for the sum (a failed collective raises :class:`PeerError`) and returns it."""
+        if self._work is not None:
+            with peers():
+                self._work.wait()
+            self._work = None
+        return self._tensor
+
+
 class Channels(NamedTuple):
     """The process groups the hook talks on, each with its own deterministic order.
 
@@ -240,8 +257,12 @@ class Transport(ABC):
         re-bucketed the parameters in the middle of a step."""
 
     def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
-        """Sums ``partial`` (any shape, float64) over ranks."""
-        return partial
+        """Sums ``partial`` (any shape, float64) over ranks; blocking."""
+        return self.start_reduce(partial, counter).wait()
+
+    def start_reduce(self, partial: Tensor, counter: CommCounter) -> Summed:
+        """Starts summing ``partial`` (any shape, float64) over ranks; the sum is on the CPU."""
+        return Summed(partial.cpu())
 
     @abstractmethod
     def finish(
@@ -339,17 +360,17 @@ class ShardedTransport(Transport):
         counter.add("all_to_all", (self.world_size - 1) * m * size, (n - m) * size)
         return own
 
-    def reduce(self, partial: Tensor, counter: CommCounter) -> Tensor:
-        if self.world_size == 1:
-            return partial
+    def start_reduce(self, partial: Tensor, counter: CommCounter) -> Summed:
         # On the control group, which may be CPU only (open_channels); the solves need the
         # numbers on the CPU anyway.
         partial = partial.cpu()
+        if self.world_size == 1:
+            return Summed(partial)
         with peers():
-            dist.all_reduce(partial, group=self.channels.control)
+            work = dist.all_reduce(partial, group=self.channels.control, async_op=True)
         nbytes = 2 * (self.world_size - 1) * partial.numel() * partial.element_size()
         counter.add("all_reduce", nbytes // self.world_size, nbytes // self.world_size)
-        return partial
+        return Summed(partial, work)
 
     def finish(
         self, combined: Callable[[Tensor], None], bucket: Tensor, counter: CommCounter
