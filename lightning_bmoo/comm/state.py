@@ -183,8 +183,9 @@ class BucketMOOState(HookState):
                 self._begin_slot_tasks()
             # Two stages, one hook call apart (see _start_sums): the bucket before this one
             # starts the sum of its Gramians, the one before that, whose sum had the backward
-            # computation of a bucket to arrive, is solved and combined. Before this bucket's
-            # exchange starts, so that the hook holds the rows of two buckets at most.
+            # computation of a bucket to arrive, is solved and combined (so is any whose sum
+            # arrived sooner). Before this bucket's exchange starts, so that the hook holds
+            # the rows of two buckets at most.
             earlier = len(step.jobs)
             if earlier:
                 self._start_sums(earlier)
@@ -297,11 +298,16 @@ class BucketMOOState(HookState):
         step.reducing = max(step.reducing, upto)
 
     def _solve_ready(self, upto: int) -> None:
-        """Solves and combines, in bucket order, the jobs before ``upto`` (their sums started)."""
+        """Solves and combines, in bucket order, the jobs before ``upto`` (their sums started),
+        and the jobs after them whose sums have already arrived (the gather transport's
+        always have: it sums nothing over ranks)."""
         step = self._step
-        for job in step.jobs[step.solved : upto]:
-            self._solve_job(job)
-        step.solved = max(step.solved, upto)
+        for i in range(step.solved, len(step.jobs)):
+            summed = step.jobs[i].summed
+            if i >= upto and (summed is None or not summed.arrived()):
+                break
+            self._solve_job(step.jobs[i])
+            step.solved = i + 1
 
     def _solve_job(self, job: _Job) -> None:
         """Reads the job's summed Gramians; unless global, solves and combines its groups."""

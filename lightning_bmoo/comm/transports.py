@@ -104,6 +104,10 @@ class Summed:
     def __init__(self, tensor: Tensor, work: dist.Work | None = None) -> None:
         self._tensor, self._work = tensor, work
 
+    def arrived(self) -> bool:
+        """Whether :meth:`wait` would return without waiting."""
+        return self._work is None or self._work.is_completed()
+
     def wait(self) -> Tensor:
         """Waits for the sum (a failed collective raises :class:`PeerError`) and returns it."""
         if self._work is not None:
