@@ -64,7 +64,7 @@ def test_there_are_snippets_to_run() -> None:
 @pytest.mark.parametrize(("path", "session"), CASES)
 def test_snippet_session_runs(path: Path, session: Session, tmp_path: Path) -> None:
     script = tmp_path / f"{path.name}.py"  # tracebacks show e.g. "README.md.py", line 57
-    script.write_text(session.script(), encoding="utf-8")
+    script.write_text(session.script() + f"\nprint({_DONE!r})\n", encoding="utf-8")
     env = launch_env(WANDB_MODE="offline", WANDB_SILENT="true", CUDA_VISIBLE_DEVICES="")
     command = [sys.executable, script.name]
     if session.launcher == "torchrun":
@@ -73,8 +73,28 @@ def test_snippet_session_runs(path: Path, session: Session, tmp_path: Path) -> N
     done = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
     )
+    ranks = 2 if session.launcher == "torchrun" else 1
+    if _aborted_at_exit(done, ranks):
+        # Every rank ran the snippet to its end; gloo then aborted the process while the
+        # interpreter exited, a torch issue that the previous code showed too (5 of 40 runs of
+        # README's torchrun snippet; pytorch/pytorch#179291). Not a failure of the snippet.
+        return
     assert done.returncode == 0, (
         f"{path.relative_to(ROOT)}, session from line {session.first_line} failed "
         f"(line numbers below are the Markdown file's):\n{done.stdout[-2000:]}\n"
         f"{done.stderr[-4000:]}"
+    )
+
+
+# Printed after a session's last line, so that a run which ended every rank's script can be
+# told apart from one that failed in it.
+_DONE = "snippet session completed"
+
+
+def _aborted_at_exit(done: subprocess.CompletedProcess, ranks: int) -> bool:
+    """Whether every rank finished the script and the run then died of gloo's abort at exit."""
+    return (
+        done.returncode != 0
+        and done.stdout.count(_DONE) == ranks
+        and "terminate called without an active exception" in done.stderr
     )
