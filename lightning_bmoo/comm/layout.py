@@ -64,38 +64,6 @@ def decode_languages(encoded: Tensor) -> list[str]:
     return [bytes(row[row != 0].tolist()).decode("utf-8") for row in encoded]
 
 
-def exchange_slot(
-    language: str,
-    *,
-    slots_per_rank: int,
-    step: int,
-    slot: int,
-    optimizer_steps: int,
-    group: dist.ProcessGroup | None,
-    world_size: int,
-) -> list[str]:
-    """All-gathers the language of every rank's current slot, with where each rank stands.
-
-    Called at the start of every backward pass, in one fixed-size message (slots per rank,
-    the hook's step and slot, the optimizer steps taken, the language). Ranks configured with
-    different K, or out of step because one of them stepped the optimizer after a partial
-    step, meet in this collective and raise the same error together, before any gradient is
-    combined with the wrong partner. Blocking: :func:`announce_slot` then ``wait()``.
-
-    Raises:
-        RuntimeError: if the ranks disagree on K, or on where they are in the step.
-    """
-    return announce_slot(
-        language,
-        slots_per_rank=slots_per_rank,
-        step=step,
-        slot=slot,
-        optimizer_steps=optimizer_steps,
-        group=group,
-        world_size=world_size,
-    ).wait()
-
-
 class Announcement:
     """Every rank's slot message, possibly still in flight; :meth:`wait` checks and reads it."""
 
@@ -148,8 +116,16 @@ def announce_slot(
     group: dist.ProcessGroup | None,
     world_size: int,
 ) -> Announcement:
-    """Starts :func:`exchange_slot`'s all-gather; the returned announcement's ``wait()``
-    finishes it. Lets the backward pass go on while the message travels."""
+    """Starts all-gathering the language of every rank's current slot, with where each rank
+    stands; the returned announcement's ``wait()`` finishes it and checks the ranks agree.
+
+    Called at the start of every backward pass, in one fixed-size message (slots per rank,
+    the hook's step and slot, the optimizer steps taken, the language). Ranks configured with
+    different K, or out of step because one of them stepped the optimizer after a partial
+    step, meet in this collective and raise the same error together (in ``wait()``), before
+    any gradient is combined with the wrong partner. Not waiting at once lets the backward
+    pass go on while the message travels.
+    """
     message = torch.zeros(1, SLOT_MESSAGE_BYTES, dtype=torch.uint8)
     header = torch.tensor([slots_per_rank, step, slot, optimizer_steps], dtype=torch.int64)
     message[0, :_HEADER] = header.view(torch.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lightning_bmoo.comm.layout import exchange_slot
+from lightning_bmoo.comm.layout import announce_slot
 from lightning_bmoo.comm.transports import CommCounter, ShardedTransport, open_channels
 from tests.distributed import run_distributed
 
@@ -14,7 +14,7 @@ def _on_a_device_only_group(rank: int, world: int) -> dict:
     group = dist.distributed_c10d._get_default_group()
     assert torch.device("cpu") not in group._device_types
     channels = open_channels(group)
-    languages = exchange_slot(
+    languages = announce_slot(
         ["en", "de", "fr"][rank],
         slots_per_rank=1,
         step=0,
@@ -22,7 +22,7 @@ def _on_a_device_only_group(rank: int, world: int) -> dict:
         optimizer_steps=0,
         group=channels.control,
         world_size=world,
-    )
+    ).wait()
     transport = ShardedTransport(channels, rank, world)
     summed = transport.reduce(torch.full((3,), rank + 1.0, dtype=torch.float64), CommCounter())
     return {
