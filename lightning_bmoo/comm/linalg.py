@@ -71,7 +71,8 @@ def _chunked_product(a: Tensor, b: Tensor) -> Tensor:
     small product and each accumulation paid a call's overhead.
     """
     m = a.shape[1]
-    chunks, head = divmod(m, CHUNK)[0], m - m % CHUNK
+    chunks, tail = divmod(m, CHUNK)
+    head = m - tail
     total = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
     if chunks:
         va = a[:, :head].unflatten(1, (chunks, CHUNK)).transpose(0, 1)
