@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable
-from operator import mul
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -57,24 +56,18 @@ class IMTLG(Aggregator):
                 total = inv_norms[0] + inv_norms[1]
                 return torch.tensor([x / total for x in inv_norms], dtype=torch.float64)
             return torch.full((2,), 0.5, dtype=torch.float64)
-        # Scalars in Python, few tensor ops: each tiny op costs microseconds at these sizes.
-        inv = M.diagonal().rsqrt()
-        inv_norms = inv.tolist()
-        if math.inf in inv_norms:  # zero gradients: D^+ has 0 there
-            inv_norms = [0.0 if x == math.inf else x for x in inv_norms]
-            inv = torch.tensor(inv_norms, dtype=torch.float64)
-        eigenvalues, V = torch.linalg.eigh(M * torch.outer(inv, inv))
-        eigenvalue_list = eigenvalues.tolist()
-        cutoff = _RTOL * eigenvalue_list[-1]
+        # On numpy arrays around numpy's LAPACK call: each tiny tensor op would cost
+        # microseconds, and Python loops over the T x T eigenvectors grow as T^2.
+        a = M.numpy()
+        diag = a.diagonal()
+        inv = np.divide(1.0, np.sqrt(diag), out=np.zeros(T), where=diag > 0.0)  # D^+
+        eigenvalues, V = np.linalg.eigh(inv[:, None] * a * inv)
         # C^+ 1 = V diag(1 / lambda) V^T 1 over the kept eigenvalues: a zero gradient's row of
         # C is zero, so every kept eigenvector vanishes there, and D^+ gives it weight 0 anyway.
-        rows = V.tolist()
-        coefs = [
-            s / x if x > cutoff else 0.0
-            for s, x in zip(map(sum, zip(*rows)), eigenvalue_list, strict=True)
-        ]
-        v = [n * sum(map(mul, row, coefs)) for n, row in zip(inv_norms, rows, strict=True)]
-        total = sum(v)
-        if abs(total) <= 1e-12 * sum(map(abs, v)):
+        kept = eigenvalues > _RTOL * eigenvalues[-1]
+        coefs = np.divide(V.sum(0), eigenvalues, out=np.zeros(T), where=kept)
+        v = inv * (V @ coefs)
+        total = v.sum()
+        if abs(total) <= 1e-12 * np.abs(v).sum():
             return torch.full((T,), 1.0 / T, dtype=torch.float64)
-        return torch.tensor([x / total for x in v], dtype=torch.float64)
+        return torch.from_numpy(v / total)
