@@ -18,7 +18,7 @@ from .layout import SLOT_MESSAGE_BYTES, Announcement, SlotTasks
 from .linalg import combine_ranges, one_thread, row_gramian, task_gramian
 from .options import HookOptions
 from .slots import SlotExchanges
-from .stats import GroupStats, PhaseClock, StepStats
+from .stats import PhaseClock, StepStats
 from .transports import TRANSPORTS, CommCounter, Exchange, PeerError, Summed, peers
 
 
@@ -341,29 +341,16 @@ class BucketMOOState(HookState):
     def _finish_global(self) -> None:
         step = self._step
         assert step.stats is not None
-        total = torch.stack([job.gramians.sum(0) for job in step.jobs]).sum(0)
-        total = (total + total.T) / 2  # exactly symmetric, whatever order the sum took
-        names = [n for job in step.jobs for seg in job.segments for n in seg.names]
-        numel = sum(job.numel for job in step.jobs)
+        parts = [
+            (seg.key, seg.end - seg.start, gram, seg.names)
+            for job in step.jobs
+            for gram, seg in zip(job.gramians.unbind(), job.segments)
+        ]
         step.clock.lap("other")
         with one_thread():
-            solved = self._solve(total, step.stats, "global", numel, names)
+            solved = self._solve_global(step.stats, parts)
         step.clock.lap("solve")
-        step.stats.global_group = solved
         for job in step.jobs:
-            for gram, seg in zip(job.gramians.unbind(), job.segments):
-                step.stats.groups.append(
-                    GroupStats(
-                        seg.key,
-                        seg.end - seg.start,
-                        gram,
-                        solved.active,
-                        solved.weights,
-                        seg.names,
-                        fallback=solved.fallback,
-                        scale=solved.scale,
-                    )
-                )
             self._finish(job, solved.weights.expand(len(job.segments), -1))
 
     def _finish(self, job: _Job, weights: Tensor) -> None:
@@ -421,15 +408,9 @@ class BucketMOOState(HookState):
             torch.autograd.Variable._execution_engine.queue_callback(
                 lambda: _repair_idle_grads(jobs)
             )
-        stats.bytes_sent = dict(step.counter.sent)
-        stats.bytes_received = dict(step.counter.received)
-        stats.collectives = dict(step.counter.collectives)
         step.clock.lap("other")
         stats.seconds = dict(step.clock.seconds)
-        stats.hook_seconds = sum(stats.seconds.values())
-        stats.peak_extra_bytes = step.counter.peak
-        self.last_step = stats
-        self.step += 1
+        self._complete_step(stats, step.counter, sum(stats.seconds.values()))
         self._step = self._new_step()
 
 
