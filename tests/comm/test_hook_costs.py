@@ -8,6 +8,7 @@ import torch
 
 from lightning_bmoo.aggregators import get_aggregator
 from lightning_bmoo.comm.stats import PHASES
+from lightning_bmoo.comm.transports import _BROADCAST_MAX_RANKS
 
 from ..distributed import run_distributed
 from .workload import train
@@ -79,7 +80,7 @@ def _odd(rank, world_size, K, transport, bucket_cap_mb):
     )
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
+@pytest.mark.parametrize("world_size", [2, 3, _BROADCAST_MAX_RANKS + 1])
 def test_uneven_buckets_hold_no_padded_copy(world_size):
     # Tiny buckets (a 100-byte cap), most of them no multiple of W. Rank 0 holds the exchanged
     # rows of two buckets at a time (one solved while the next one's Gramians are summed) and
@@ -90,9 +91,15 @@ def test_uneven_buckets_hold_no_padded_copy(world_size):
     assert sum(sizes) == 127 and len(sizes) > 1
     assert sum(n % world_size != 0 for n in sizes) > 1
     assert 0 < stats.peak_extra_bytes <= sum(sorted(sizes)[-2:]) * 4
-    uneven = sum(n % world_size != 0 for n in sizes)
-    assert stats.collectives["all_gather"] == len(sizes) - sum(n < world_size for n in sizes)
-    assert stats.collectives.get("broadcast", 0) == uneven
+    small = sum(n < world_size for n in sizes)  # only the last rank's shard is not empty
+    if world_size <= _BROADCAST_MAX_RANKS:
+        # On CPUs every rank broadcasts its shard in place; empty shards are not sent.
+        assert stats.collectives["broadcast"] == world_size * (len(sizes) - small) + small
+        assert "all_gather" not in stats.collectives
+    else:
+        # An all-gather of the equal shards, and the tails broadcast by the last rank.
+        assert stats.collectives["all_gather"] == len(sizes) - small
+        assert stats.collectives["broadcast"] == sum(n % world_size != 0 for n in sizes)
 
 
 def _slots(rank, world_size, K):
@@ -106,9 +113,9 @@ def test_each_slot_is_sent_during_its_own_backward_and_nothing_is_copied_aside(K
     last = stats[-1]
     buckets = len(last.groups)
     # One all-to-all per bucket and slot (the earlier slots' traffic overlaps the later
-    # microbatches), one all-gather per bucket for the result.
+    # microbatches), one broadcast per rank and bucket for the result.
     assert last.collectives["all_to_all"] == K * buckets
-    assert last.collectives["all_gather"] == buckets
+    assert last.collectives["broadcast"] == 2 * buckets
     # Held: the K - 1 earlier slots of every bucket (this rank's shard of every rank's rows:
     # numel elements each at W = 2) and the last slot's rows of two buckets at a time. No
     # copy of the slots, no concatenation of them at the last slot.

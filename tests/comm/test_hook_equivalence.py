@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from lightning_bmoo.aggregators import available_aggregators
+from lightning_bmoo.comm.transports import _BROADCAST_MAX_RANKS
 
 from ..distributed import run_distributed
 from .workload import train
@@ -157,9 +158,13 @@ def _uneven(rank, world_size, K):
     return out
 
 
-@pytest.mark.parametrize(("world_size", "K"), [(2, 1), (3, 1), (3, 2)])
+@pytest.mark.parametrize(
+    ("world_size", "K"), [(2, 1), (3, 1), (3, 2), (_BROADCAST_MAX_RANKS + 1, 1)]
+)
 def test_sharded_is_exact_when_buckets_are_no_multiple_of_the_world_size(world_size, K):
     # Buckets of 29, 35 and 63 elements: the last rank's shard carries the left-over tail.
+    # Up to _BROADCAST_MAX_RANKS ranks every rank broadcasts its combined shard; beyond, the
+    # equal shards are all-gathered and the tail broadcast.
     ranks = run_distributed(_uneven, world_size, K)
     for results in ranks:
         for p, q in zip(results[None, "-"], results["mean", "sharded"]):
