@@ -4,10 +4,13 @@ A causal transformer LM of about 50M parameters, sharded per block (the embeddin
 output layer are units of their own, the root holds the rest). Two phases, each in fresh
 forked processes (one thread per rank, one language per rank and slot):
 
-1. *Time and traffic*: one process group builds the model once per configuration (FSDP2's
-   default, then each comm setting) and trains them in turn, one step each per round, so that
-   the ratios are robust to the drift of a busy machine. Printed per configuration: median
-   step time (forward, backward, SGD step; ranks in lockstep) and its ratio to FSDP2's; time
+1. *Time and traffic*: for each comm setting, one process group builds the model twice (FSDP2's
+   default and the setting) and trains them in turn, one step each per round, so that the
+   ratio is robust to the drift of a busy machine. One group per setting, because six such
+   models side by side in one process slowed the later ones (the comm's time grew with the
+   setting's place in the list, 198 -> 643 ms). Printed per configuration: median
+   step time (forward, backward, SGD step; ranks in lockstep) and its ratio to FSDP2's in the
+   same group (FSDP2's own row: the median over the groups); time
    inside the comm; bytes each rank sent per step and their ratio to FSDP2's ring
    reduce-scatters of the same padded gradients (one per microbatch); the comm's own count
    of the buffers it held at once beyond FSDP's (``StepStats.peak_extra_bytes``) in MB and in
@@ -209,31 +212,37 @@ def main() -> None:
     args = parser.parse_args()
     W, K = args.world_size, args.slots
     configs = configurations(args.quick)
-    timed = run_ranks(_timed, W, configs, args.steps, K)[0]
+    groups = [run_ranks(_timed, W, [configs[0], c], args.steps, K)[0] for c in configs[1:]]
+    timed = groups[0]
+    default = statistics.median(g["results"][0]["step"] for g in groups)
+    results = [dict(groups[0]["results"][0], step=default, ratio=1.0)] + [
+        dict(g["results"][1], ratio=g["results"][1]["step"] / g["results"][0]["step"])
+        for g in groups
+    ]
     memory = [
         max(run_ranks(_memory, W, [config], args.memory_steps, K))
         for config in [*configs, {"wrap": "ddp", "aggregator": "mgda", "granularity": "bucket"}]
     ]
-    shards, results = timed["shards"], timed["results"]
+    shards = timed["shards"]
     # FSDP2 reduce-scatters every microbatch: K reduce-scatters per step.
     reduce_scatter = K * (W - 1) * sum(shards) * 4
     unit_grad = W * max(shards) * 4
     print(
         f"{W} gloo ranks x 1 thread, K = {K}, {timed['numel'] / 1e6:.1f}M parameters in "
         f"{len(shards)} units (largest unsharded gradient {unit_grad / 2**20:.1f} MB), median "
-        f"of {args.steps} interleaved steps\n"
+        f"of {args.steps} interleaved steps, each setting beside FSDP2's default in its own "
+        "processes\n"
     )
     print(
         "| update | granularity | step ms | x FSDP2 | hook ms | MB sent "
         "| x FSDP2's reduce-scatters | held MB | held / unit grad |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
-    base = results[0]["step"]
     for config, r in zip(configs, results):
         name = config["aggregator"] or "FSDP2 default"
         sent = reduce_scatter if r["sent"] is None else r["sent"]
         print(
-            f"| {name} | {config['granularity']} | {r['step'] * 1e3:.0f} | {r['step'] / base:.3f} "
+            f"| {name} | {config['granularity']} | {r['step'] * 1e3:.0f} | {r['ratio']:.3f} "
             f"| {r['hook'] * 1e3:.1f} | {sent / 2**20:.1f} | {sent / reduce_scatter:.4f} "
             f"| {r['held'] / 2**20:.1f} | {r['held'] / unit_grad:.2f} |"
         )
