@@ -41,15 +41,18 @@ def _checked(gramian: Tensor) -> tuple[Tensor, list[float], bool]:
             f"{tuple(gramian.shape)}. Build it as G @ G.T from the T x n task gradients."
         )
     # Aggregators run hundreds of times per step on tiny matrices, where each torch op costs
-    # microseconds: the common case is settled with three ops, and anything unusual falls
-    # through to the checks below, which alone raise.
+    # microseconds: the common case is settled on a numpy view of the matrix (a fraction of
+    # a microsecond per op), and anything unusual falls through to the checks below, which
+    # alone raise.
     M = gramian.detach() if gramian.requires_grad else gramian
     if M.dtype is not torch.float64 or not M.is_cpu:
         M = M.to(device="cpu", dtype=torch.float64)
-    diag = M.diagonal().tolist()
+    a = M.numpy(force=True)  # a view; force only resolves a lazy negation
+    diag = a.diagonal().tolist()
     low = min(diag)
-    # A finite sum means finite entries (an inf or NaN entry makes the sum inf or NaN).
-    if low >= 0.0 and torch.equal(M, M.t()) and math.isfinite(M.sum().item()):
+    # Bitwise symmetry (0.0 against -0.0 falls through, to the same result), and a finite
+    # sum, which means finite entries (an inf or NaN entry makes the sum inf or NaN).
+    if low >= 0.0 and a.tobytes() == a.T.tobytes() and math.isfinite(a.sum()):
         return M, diag, True
     # max |M - M^T| is finite only if every entry is (inf - inf is NaN, NaN compares False).
     asym = float(torch.dist(M, M.T, p=math.inf))
@@ -165,7 +168,7 @@ class Aggregator(ABC):
                 M = M.to(device="cpu", dtype=torch.float64)
             # Exact symmetry is the caller's promise: symmetrising here would cost about as
             # much as the checks it replaces.
-            diag, exact = M.diagonal().tolist(), True
+            diag, exact = M.numpy(force=True).diagonal().tolist(), True
         T = len(diag)
         if tasks is None:
             return M, diag, exact, tuple(range(T))

@@ -65,7 +65,10 @@ class RandomWeights(StochasticMixin, Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1).
+        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1). Normalised on a numpy view:
+        # two tensor ops would cost more than the draw.
         draws = torch.empty(M.shape[0], dtype=torch.float64)
         draws.exponential_(generator=self._generator_or_own(generator))
-        return draws.div_(draws.sum())
+        a = draws.numpy()
+        a /= a.sum()
+        return draws

@@ -125,6 +125,8 @@ def test_float32_input_gives_float64_weights_close_to_float64_input(name):
     [
         (torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]]), "NaN or inf"),
         (torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), "NaN or inf"),
+        (torch.tensor([[1.0, float("inf")], [float("inf"), 1.0]]), "NaN or inf"),
+        (torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), "NaN or inf"),
         (torch.ones(2, 3), "square"),
         (torch.ones(3), "square"),
         (torch.zeros(0, 0), "square"),
@@ -135,6 +137,22 @@ def test_float32_input_gives_float64_weights_close_to_float64_input(name):
 def test_bad_gramian_is_a_clear_error(name, bad, match):
     with pytest.raises(ValueError, match=match):
         get_aggregator(name)(bad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_views_and_signed_zeros_are_read_as_their_values(name):
+    """The checks read the matrix's values, whatever its layout: a strided view, a lazily
+    negated tensor, and -0.0 for 0.0 give the weights of the plain matrix."""
+    M = gramian(sample_gradients("conflicting", 4, seed=6))
+    M = (M + M.T) / 2
+    M[0, 1] = M[1, 0] = 0.0
+    expected = fresh_weights(name, M)
+    big = torch.zeros(8, 8, dtype=torch.float64)
+    big[::2, ::2] = M
+    signed = M.clone()
+    signed[0, 1] = -0.0
+    for same in (big[::2, ::2], torch._neg_view(-M), signed):
+        assert torch.equal(fresh_weights(name, same), expected)
 
 
 @pytest.mark.parametrize("name", NAMES)
