@@ -86,7 +86,10 @@ def _shard_numels(model: nn.Module) -> list[int]:
     return out
 
 
-def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int) -> dict | None:
+def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int, extras: bool) -> dict | None:
+    """Step times and stats of ``configs`` side by side; with ``extras`` also gloo's
+    collectives and the comm's arithmetic (once per run is enough: they do not depend on the
+    setting)."""
     runs = []
     for config in configs:
         model, state = _build(config, K)
@@ -103,7 +106,7 @@ def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int) -> dict |
             if state is not None and step >= warmup:
                 stats[i].append(state.last_step)
     shards = _shard_numels(runs[0][0])
-    collectives = _collective_times(W * max(shards))
+    collectives = _collective_times(W * max(shards)) if extras else {}
     results = []
     for (_, _, _, _, times), steps_stats in zip(runs, stats):
         results.append(
@@ -125,7 +128,7 @@ def _timed(rank: int, W: int, configs: list[dict], steps: int, K: int) -> dict |
         "shards": shards,
         "numel": sum(p.numel() for p in _model().parameters()),
         "collectives": collectives,
-        "arithmetic": _arithmetic_times(shards, W * K),
+        "arithmetic": _arithmetic_times(shards, W * K) if extras else {},
     }
 
 
@@ -212,7 +215,10 @@ def main() -> None:
     args = parser.parse_args()
     W, K = args.world_size, args.slots
     configs = configurations(args.quick)
-    groups = [run_ranks(_timed, W, [configs[0], c], args.steps, K)[0] for c in configs[1:]]
+    groups = [
+        run_ranks(_timed, W, [configs[0], c], args.steps, K, i == 0)[0]
+        for i, c in enumerate(configs[1:])
+    ]
     timed = groups[0]
     default = statistics.median(g["results"][0]["step"] for g in groups)
     results = [dict(groups[0]["results"][0], step=default, ratio=1.0)] + [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,11 +52,11 @@ class RandomWeights(StochasticMixin, Aggregator):
     ) -> Tensor:
         """As :meth:`Aggregator.__call__`, without scaling or copying ``M``: the draw needs
         only ``T``."""
-        M, diag, _, names = self._prepared(gramian, tasks, validate)
+        diag = self._prepared(gramian, tasks, validate)[1]
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
-        return self._weights(M, tasks=names, key=key, generator=generator)
+        return self._draw(len(diag), generator)
 
     def _weights(
         self,
@@ -65,10 +66,12 @@ class RandomWeights(StochasticMixin, Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1). Normalised on a numpy view:
-        # two tensor ops would cost more than the draw.
-        draws = torch.empty(M.shape[0], dtype=torch.float64)
-        draws.exponential_(generator=self._generator_or_own(generator))
-        a = draws.numpy()
-        a /= a.sum()
+        return self._draw(M.shape[0], generator)
+
+    def _draw(self, T: int, generator: torch.Generator | None) -> Tensor:
+        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1). Drawn into a numpy array and
+        # normalised there: a tensor op costs more than the draw itself.
+        a = np.empty(T)
+        draws = torch.from_numpy(a).exponential_(generator=self._generator_or_own(generator))
+        a /= np.add.reduce(a)
         return draws
