@@ -14,7 +14,11 @@ busy machine. Printed per configuration:
   beyond DDP's own buckets (its own exact count, after DDP's first-iteration bucket), in MB
   and in buckets.
 
-    python benchmarks/hook_overhead.py [--steps 12] [--bucket-mb 5 25] [--quick]
+    python benchmarks/hook_overhead.py [--steps 12] [--bucket-mb 5 25] [--quick] [--repeats 1]
+
+With ``--repeats R`` each bucket size's group runs R times in fresh processes; the table then
+shows the median of the R runs per column and, for the ratio to plain DDP, its range: single
+runs of the ratio scatter by about +-0.02 on the 2-core box.
 """
 
 from __future__ import annotations
@@ -136,32 +140,42 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=2)
     parser.add_argument("--slots", type=int, default=1, help="K: microbatches per rank")
     parser.add_argument("--quick", action="store_true", help="plain, mgda sharded/gather only")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per bucket size")
     args = parser.parse_args()
     rows = []
     for mb in args.bucket_mb:
         configs = configurations(mb, args.quick, args.slots)
-        rows += list(zip(configs, run_configs(configs, args.steps, args.world_size)))
-    numel = rows[0][1]["numel"]
+        runs = [run_configs(configs, args.steps, args.world_size) for _ in range(args.repeats)]
+        for i, config in enumerate(configs):
+            # Each run's ratio to the plain DDP of the same processes.
+            ratios = [run[i]["step"] / run[0]["step"] for run in runs]
+            rows.append((config, [run[i] for run in runs], ratios))
+    numel = rows[0][1][0]["numel"]
     all_reduce = 2 * (args.world_size - 1) / args.world_size * numel * 4
     print(
         f"{args.world_size} gloo ranks x 1 thread, K = {args.slots}, "
-        f"{numel / 1e6:.1f}M parameters, median of {args.steps} interleaved steps\n"
+        f"{numel / 1e6:.1f}M parameters, median of {args.steps} interleaved steps, "
+        f"{args.repeats} run(s) per bucket size (medians; the ratio's range in brackets)\n"
     )
     print(
         "| bucket MB | update | transport | granularity | step ms | x plain | hook ms "
         "| MB sent | x all-reduce | held MB | held buckets |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    plain = {}
-    for config, r in rows:
+    for config, results, ratios in rows:
         mb = config["bucket_mb"]
-        plain.setdefault(mb, r)
         name = config["aggregator"] or "plain DDP"
+
+        def median(key: str, results: list[dict] = results) -> float:
+            return statistics.median(r[key] for r in results)
+
+        spread = f" [{min(ratios):.3f}-{max(ratios):.3f}]" if len(ratios) > 1 else ""
         print(
             f"| {mb:g} | {name} | {config['transport']} | {config['granularity']} "
-            f"| {r['step'] * 1e3:.0f} | {r['step'] / plain[mb]['step']:.3f} "
-            f"| {r['hook'] * 1e3:.1f} | {r['sent'] / 1e6:.1f} "
-            f"| {r['sent'] / all_reduce:.3f} | {r['held_mb']:.1f} | {r['held_mb'] / mb:.2f} |"
+            f"| {median('step') * 1e3:.0f} | {statistics.median(ratios):.3f}{spread} "
+            f"| {median('hook') * 1e3:.1f} | {median('sent') / 1e6:.1f} "
+            f"| {median('sent') / all_reduce:.3f} | {median('held_mb'):.1f} "
+            f"| {median('held_mb') / mb:.2f} |"
         )
 
 
