@@ -118,6 +118,21 @@ def run_configs(configs: list[dict], steps: int, world: int, warmup: int = 3) ->
     return run_ranks(_run, world, configs, steps, warmup)[0]
 
 
+def run_repeated(
+    configs: list[dict], steps: int, world: int, repeats: int, warmup: int = 3
+) -> list[tuple[list[dict], list[float]]]:
+    """Runs the configurations side by side ``repeats`` times, each time in fresh processes.
+
+    Returns per configuration its measurements (one per repeat, as :func:`run_configs`) and
+    their ratios to the first configuration (plain DDP) of the same processes.
+    """
+    runs = [run_configs(configs, steps, world, warmup) for _ in range(repeats)]
+    return [
+        ([run[i] for run in runs], [run[i]["step"] / run[0]["step"] for run in runs])
+        for i in range(len(configs))
+    ]
+
+
 def configurations(bucket_mb: float, quick: bool, slots: int) -> list[dict]:
     """Plain DDP first, then the hook settings, all at one bucket size."""
     moo = [("mgda", "sharded", "bucket"), ("mgda", "gather", "bucket")]
@@ -145,11 +160,8 @@ def main() -> None:
     rows = []
     for mb in args.bucket_mb:
         configs = configurations(mb, args.quick, args.slots)
-        runs = [run_configs(configs, args.steps, args.world_size) for _ in range(args.repeats)]
-        for i, config in enumerate(configs):
-            # Each run's ratio to the plain DDP of the same processes.
-            ratios = [run[i]["step"] / run[0]["step"] for run in runs]
-            rows.append((config, [run[i] for run in runs], ratios))
+        measured = run_repeated(configs, args.steps, args.world_size, args.repeats)
+        rows += [(config, *m) for config, m in zip(configs, measured)]
     numel = rows[0][1][0]["numel"]
     all_reduce = 2 * (args.world_size - 1) / args.world_size * numel * 4
     print(

@@ -23,7 +23,7 @@ import argparse
 import statistics
 from collections import defaultdict
 
-from hook_overhead import run_configs
+from hook_overhead import run_repeated
 
 from lightning_bmoo.comm.stats import PHASES
 
@@ -56,11 +56,9 @@ def measure(args: argparse.Namespace) -> list[dict]:
     points = []
     for curve in args.curves:
         for configs in curve_runs(curve, args):
-            repeats = [run_configs(configs, args.steps, 2, warmup=2) for _ in range(args.repeats)]
-            plains = [r[0] for r in repeats]
-            for i, config in enumerate(configs[1:], start=1):
-                runs = [r[i] for r in repeats]
-                ratios = [run["step"] / plain["step"] for run, plain in zip(runs, plains)]
+            measured = run_repeated(configs, args.steps, 2, args.repeats, warmup=2)
+            plains = measured[0][0]
+            for config, (runs, ratios) in zip(configs[1:], measured[1:]):
                 points.append(
                     {
                         "curve": curve,
