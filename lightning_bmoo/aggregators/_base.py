@@ -91,9 +91,31 @@ def _conventional(diag: list[float]) -> Tensor | None:
     T = len(diag)
     if T == 1:
         return torch.ones(1, dtype=torch.float64)
-    if max(diag) == 0:
+    if not any(diag):  # the diagonal is non-negative: zero iff every entry is 0
         return torch.full((T,), 1.0 / T, dtype=torch.float64)
     return None
+
+
+def _matrix(gramian: Tensor, validate: bool) -> tuple[Tensor, list[float], bool]:
+    """The float64 CPU Gramian, its diagonal, and whether it is exactly symmetric (else it is
+    up to rounding); checked unless ``validate`` is false."""
+    if validate:
+        return _checked(gramian)
+    M = gramian
+    if M.dtype is not torch.float64 or not M.is_cpu:
+        M = M.to(device="cpu", dtype=torch.float64)
+    # Exact symmetry is the caller's promise: symmetrising here would cost about as much as
+    # the checks it replaces.
+    return M, M.numpy(force=True).diagonal().tolist(), True
+
+
+def _task_names(tasks: Sequence[Hashable] | None, T: int) -> tuple[Hashable, ...]:
+    """The names of the ``T`` tasks: ``range(T)`` by default."""
+    if tasks is None:
+        return tuple(range(T))
+    if len(tasks) != T:
+        raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
+    return tuple(tasks)
 
 
 class Aggregator(ABC):
@@ -160,21 +182,8 @@ class Aggregator(ABC):
     ) -> tuple[Tensor, list[float], bool, tuple[Hashable, ...]]:
         """The float64 CPU Gramian, its diagonal, whether it is exactly symmetric (else it is
         up to rounding) and the task names."""
-        if validate:
-            M, diag, exact = _checked(gramian)
-        else:
-            M = gramian
-            if M.dtype is not torch.float64 or not M.is_cpu:
-                M = M.to(device="cpu", dtype=torch.float64)
-            # Exact symmetry is the caller's promise: symmetrising here would cost about as
-            # much as the checks it replaces.
-            diag, exact = M.numpy(force=True).diagonal().tolist(), True
-        T = len(diag)
-        if tasks is None:
-            return M, diag, exact, tuple(range(T))
-        if len(tasks) != T:
-            raise ValueError(f"Got {len(tasks)} task names for a {T} x {T} Gramian.")
-        return M, diag, exact, tuple(tasks)
+        M, diag, exact = _matrix(gramian, validate)
+        return M, diag, exact, _task_names(tasks, len(diag))
 
     @abstractmethod
     def _weights(

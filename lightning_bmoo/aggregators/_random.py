@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._base import Aggregator, StochasticMixin, _conventional
+from ._base import Aggregator, StochasticMixin, _conventional, _matrix, _task_names
 
 
 class RandomWeights(StochasticMixin, Aggregator):
@@ -52,11 +52,20 @@ class RandomWeights(StochasticMixin, Aggregator):
     ) -> Tensor:
         """As :meth:`Aggregator.__call__`, without scaling or copying ``M``: the draw needs
         only ``T``."""
-        diag = self._prepared(gramian, tasks, validate)[1]
+        diag = _matrix(gramian, validate)[1]
+        T = len(diag)
+        if tasks is not None:
+            _task_names(tasks, T)
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
-        return self._draw(len(diag), generator)
+        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1). Drawn into a numpy array and
+        # normalised there by a Python sum, inline: at these sizes a tensor op costs more than
+        # the draw, and a numpy reduction or one more function call as much as the sum.
+        a = np.empty(T)
+        draws = torch.from_numpy(a).exponential_(generator=self._generator_or_own(generator))
+        a *= 1.0 / sum(a.tolist())
+        return draws
 
     def _weights(
         self,
@@ -66,12 +75,5 @@ class RandomWeights(StochasticMixin, Aggregator):
         key: Hashable,
         generator: torch.Generator | None,
     ) -> Tensor:
-        return self._draw(M.shape[0], generator)
-
-    def _draw(self, T: int, generator: torch.Generator | None) -> Tensor:
-        # Normalised i.i.d. Exp(1) draws are Dirichlet(1, ..., 1). Drawn into a numpy array and
-        # normalised there: a tensor op costs more than the draw itself.
-        a = np.empty(T)
-        draws = torch.from_numpy(a).exponential_(generator=self._generator_or_own(generator))
-        a /= np.add.reduce(a)
-        return draws
+        # Only reached through a subclass's __call__: M is a valid scaled Gramian here.
+        return self(M, generator=generator, validate=False)
