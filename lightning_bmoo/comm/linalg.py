@@ -37,9 +37,13 @@ def row_gramian(rows: Tensor | Sequence[Tensor], out: Tensor | None = None) -> T
     for block in blocks:
         starts.append(starts[-1] + block.shape[0])
     R, m = starts[-1], blocks[0].shape[1]
+    dtype = _compute_dtype(blocks[0].dtype)
+    if len(blocks) == 1 and dtype == blocks[0].dtype:
+        # The hook's common case (one slot per rank): one product, no accumulator.
+        product = _chunked_product(blocks[0], blocks[0])
+        return product if out is None else out.add_(product)
     if out is None:
         out = torch.zeros(R, R, dtype=torch.float64, device=blocks[0].device)
-    dtype = _compute_dtype(blocks[0].dtype)
     if dtype == blocks[0].dtype:
         for i, a in enumerate(blocks):
             rows_i = slice(starts[i], starts[i + 1])
@@ -73,13 +77,19 @@ def _chunked_product(a: Tensor, b: Tensor) -> Tensor:
     m = a.shape[1]
     chunks, tail = divmod(m, CHUNK)
     head = m - tail
-    total = torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    if m == 0:
+        return torch.zeros(a.shape[0], b.shape[0], dtype=torch.float64, device=a.device)
+    # Each small op costs microseconds, paid per bucket: no accumulator to fill, and no
+    # slice where the whole row is the tail.
+    total = None
     if chunks:
         va = a[:, :head].unflatten(1, (chunks, CHUNK)).transpose(0, 1)
-        vb = b[:, :head].unflatten(1, (chunks, CHUNK)).transpose(0, 1)
-        total += torch.bmm(va, vb.transpose(1, 2)).to(torch.float64).sum(0)
-    if head < m:
-        total += a[:, head:] @ b[:, head:].T
+        vb = va if b is a else b[:, :head].unflatten(1, (chunks, CHUNK)).transpose(0, 1)
+        total = torch.bmm(va, vb.transpose(1, 2)).to(torch.float64).sum(0)
+    if tail:
+        ta, tb = (a, b) if head == 0 else (a[:, head:], b[:, head:])
+        product = (ta @ tb.T).to(torch.float64)
+        total = product if total is None else total.add_(product)
     return total
 
 

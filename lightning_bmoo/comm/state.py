@@ -252,20 +252,25 @@ class BucketMOOState(HookState):
         rows = job.exchange.rows()
         step.clock.lap("wait")
         lo, hi = job.exchange.lo, job.exchange.hi
-        R, device = sum(block.shape[0] for block in rows), rows[0].device
-        out = torch.zeros(len(job.segments), R, R, dtype=torch.float64, device=device)
-        for i, seg in enumerate(job.segments):
-            a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
-            if b > a:
-                row_gramian([block[:, a:b] for block in rows], out=out[i])
+        segments, device = job.segments, rows[0].device
+        if len(segments) == 1 and segments[0].start <= lo and segments[0].end >= hi:
+            # A bucket solved as one group (the default): its Gramian, without a stack of one
+            # to fill (each small op costs microseconds, paid per bucket).
+            out = row_gramian(rows).unsqueeze(0)
+        else:
+            R = sum(block.shape[0] for block in rows)
+            out = torch.zeros(len(segments), R, R, dtype=torch.float64, device=device)
+            for i, seg in enumerate(segments):
+                a, b = max(seg.start, lo) - lo, min(seg.end, hi) - lo
+                if b > a:
+                    row_gramian([block[:, a:b] for block in rows], out=out[i])
         if not step.identity:
             assert step.averaging is not None
             with one_thread():  # T x WK products: tiny
                 out = task_gramian(out, step.averaging.to(device))
-        parts = [out.flatten()]
+        partials = out.flatten()
         if self._repair_idle:
-            parts.append(self._last_slot_activity(job, rows[-1], lo, hi))
-        partials = torch.cat(parts)
+            partials = torch.cat([partials, self._last_slot_activity(job, rows[-1], lo, hi)])
         step.clock.lap("gramian")
         return partials
 

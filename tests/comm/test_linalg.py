@@ -27,13 +27,20 @@ def test_row_gramian_of_blocks_is_the_stacked_rows_gramian(m, sizes):
     torch.testing.assert_close(row_gramian(part), ref, rtol=0, atol=1e-6 * ref.abs().max().item())
 
 
-def test_row_gramian_accumulates_into_out_and_up_casts_low_precision():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_row_gramian_accumulates_into_out_and_up_casts_low_precision(dtype):
     g = torch.Generator().manual_seed(0)
-    rows = torch.randn(3, 2 * CHUNK + 3, generator=g).to(torch.bfloat16)
+    rows = torch.randn(3, 2 * CHUNK + 3, generator=g).to(dtype)
     exact = rows.to(torch.float64) @ rows.to(torch.float64).T
     out = torch.ones(3, 3, dtype=torch.float64)
-    row_gramian(rows, out=out)
+    assert row_gramian(rows, out=out) is out
     torch.testing.assert_close(out - 1.0, exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+
+
+@pytest.mark.parametrize("blocks", [1, 2])
+def test_row_gramian_of_no_columns_is_zero(blocks):
+    rows = [torch.empty(2, 0)] * blocks
+    assert torch.equal(row_gramian(rows), torch.zeros(2 * blocks, 2 * blocks, dtype=torch.float64))
 
 
 def test_combine_ranges_matches_a_float64_weighted_sum():

@@ -10,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from lightning_bmoo.aggregators import MGDA, Aggregator
 from lightning_bmoo.comm import register_bucket_moo_hook
+from lightning_bmoo.comm.transports import PeerError, peers
 
 from ..comm.workload import loss_of, make_model, nan_for_ru_at_step_1, train
 from ..distributed import run_distributed
@@ -126,3 +127,17 @@ def test_bad_language_names_are_refused_in_set_slot_on_one_rank_too(name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one rank, one slot: "MOO is a no-op" is expected
         assert run_distributed(run, 1) == [True]
+
+
+def test_peers_turns_a_collectives_runtime_error_into_a_peer_error_and_nothing_else():
+    # gloo and NCCL report timeouts and lost peers as RuntimeError; the hook names them.
+    closed = pytest.raises(PeerError, match="RuntimeError: Connection closed by peer")
+    with closed as caught, peers():
+        raise RuntimeError("Connection closed by peer")
+    assert isinstance(caught.value.__cause__, RuntimeError)
+    original = PeerError("already converted")
+    with pytest.raises(PeerError) as caught, peers():
+        raise original
+    assert caught.value is original
+    with pytest.raises(ValueError, match="not a collective"), peers():
+        raise ValueError("not a collective's error")
