@@ -55,7 +55,7 @@ class RandomWeights(StochasticMixin, Aggregator):
         diag = _matrix(gramian, validate)[1]
         T = len(diag)
         if tasks is not None:
-            _task_names(tasks, T)
+            _task_names(tasks, T)  # raises on a wrong count; random needs no names
         fixed = _conventional(diag)
         if fixed is not None:
             return fixed
