@@ -177,17 +177,15 @@ def main() -> None:
     for config, results, ratios in rows:
         mb = config["bucket_mb"]
         name = config["aggregator"] or "plain DDP"
-
-        def median(key: str, results: list[dict] = results) -> float:
-            return statistics.median(r[key] for r in results)
-
+        m = {
+            k: statistics.median(r[k] for r in results) for k in ("step", "hook", "sent", "held_mb")
+        }
         spread = f" [{min(ratios):.3f}-{max(ratios):.3f}]" if len(ratios) > 1 else ""
         print(
             f"| {mb:g} | {name} | {config['transport']} | {config['granularity']} "
-            f"| {median('step') * 1e3:.0f} | {statistics.median(ratios):.3f}{spread} "
-            f"| {median('hook') * 1e3:.1f} | {median('sent') / 1e6:.1f} "
-            f"| {median('sent') / all_reduce:.3f} | {median('held_mb'):.1f} "
-            f"| {median('held_mb') / mb:.2f} |"
+            f"| {m['step'] * 1e3:.0f} | {statistics.median(ratios):.3f}{spread} "
+            f"| {m['hook'] * 1e3:.1f} | {m['sent'] / 1e6:.1f} "
+            f"| {m['sent'] / all_reduce:.3f} | {m['held_mb']:.1f} | {m['held_mb'] / mb:.2f} |"
         )
 
 
